@@ -1,0 +1,293 @@
+"""`pagerstream` command line: worker, topics, produce, tail, catalog, pd-sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pagerstream.config import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as e:
+        click.echo("pagerstream: configuration error, not starting:", err=True)
+        for var, why in e.problems:
+            click.echo(f"  {var}: {why}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """pagerstream: Kafka-native alert pipeline in front of PagerDuty."""
+
+
+# --- worker ----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--web-port", default=6066, show_default=True, help="HTTP ingress, /metrics, /healthz, /readyz")
+@click.option("--web-host", default="127.0.0.1", show_default=True)
+@click.option("--catalog", "catalog_path", type=click.Path(exists=True, dir_okay=False),
+              help="Validate and publish this services catalog before starting")
+@click.option("--create-topics/--no-create-topics", default=True, show_default=True)
+@click.option("--session-timeout", default=30.0, show_default=True, help="Kafka group session timeout (s)")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics: bool, session_timeout: float,
+           loglevel: str) -> None:
+    """Run a Faust worker: pipeline agents, PagerDuty forwarder and the HTTP ingress."""
+    s = _settings()
+    catalog_path = catalog_path or s.catalog_path or None
+    if create_topics:
+        asyncio.run(_create_topics(s))
+    if catalog_path:
+        _publish_catalog(s, catalog_path)
+    import faust
+
+    from pagerstream.streams.app import Pipeline, RuntimeOptions
+
+    pipeline = Pipeline(s, RuntimeOptions(web_port=web_port, web_host=web_host, session_timeout_s=session_timeout))
+    faust.Worker(pipeline.app, loglevel=loglevel, web_port=web_port, web_host=web_host,
+                 web_bind=web_host).execute_from_commandline()
+
+
+async def _create_topics(s: Settings) -> list[str]:
+    from pagerstream.streams.topics import create_topics
+
+    return await create_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.partitions, s.replication_factor)
+
+
+# --- topics ----------------------------------------------------------------------------------------
+@main.group()
+def topics() -> None:
+    """Manage pagerstream's Kafka topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every topic (partitions, retention, compaction set on purpose); existing ones are kept."""
+    s = _settings()
+    created = asyncio.run(_create_topics(s))
+    from pagerstream.streams.topics import topic_specs
+
+    for spec in topic_specs(s.topic_prefix).values():
+        state = "created" if spec.name in created else "exists"
+        parts = spec.partitions or s.partitions
+        click.echo(f"{state:8} {spec.name:32} partitions={parts} rf={s.replication_factor} {spec.config()}")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Show the topics and what they carry."""
+    s = _settings()
+    from pagerstream.streams.topics import topic_specs
+
+    for spec in topic_specs(s.topic_prefix).values():
+        click.echo(f"{spec.name:32} {spec.doc}")
+
+
+# --- catalog ---------------------------------------------------------------------------------------
+@main.group()
+def catalog() -> None:
+    """Validate and publish the services catalog."""
+
+
+@catalog.command("validate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def catalog_validate(path: str) -> None:
+    """Check a catalog file; print every problem with file, path and reason."""
+    from pagerstream.processors.catalog import load_catalog
+    from pagerstream.processors.errors import CatalogError
+
+    try:
+        c = load_catalog(path)
+    except CatalogError as e:
+        for p, why in e.problems:
+            click.echo(f"{e.file}: {p}: {why}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: ok, {len(c.services)} services, version {c.version[:12]}")
+
+
+@catalog.command("publish")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def catalog_publish(path: str) -> None:
+    """Validate the catalog and publish it to the compacted catalog topic."""
+    _publish_catalog(_settings(), path)
+
+
+def _publish_catalog(s: Settings, path: str) -> None:
+    from pagerstream.processors.catalog import load_catalog
+    from pagerstream.processors.errors import CatalogError
+    from pagerstream.streams.catalog_view import publish_catalog
+    from pagerstream.streams.topics import topic_specs
+
+    try:
+        c = load_catalog(path)
+    except CatalogError as e:
+        for p, why in e.problems:
+            click.echo(f"{e.file}: {p}: {why}", err=True)
+        sys.exit(1)
+    asyncio.run(_create_topics(s))
+    res = asyncio.run(publish_catalog(s.kafka_bootstrap_servers, topic_specs(s.topic_prefix)["pagerstream.catalog"].name, c))
+    click.echo(f"catalog {c.version[:12]}: published {res['published']} services, removed {res['removed']}")
+
+
+# --- produce ---------------------------------------------------------------------------------------
+SAMPLE_SERVICES = ["checkout", "payments", "search", "auth"]
+
+
+def sample_pd_event(i: int, routing_key: str, *, resolve: bool = False, dedup_key: str | None = None) -> dict[str, Any]:
+    svc = SAMPLE_SERVICES[i % len(SAMPLE_SERVICES)]
+    key = dedup_key or f"sample-{svc}-{i}"
+    if resolve:
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": key}
+    return {
+        "routing_key": routing_key, "event_action": "trigger", "dedup_key": key,
+        "payload": {"summary": f"High error rate on {svc} (sample {i})", "source": f"{svc}-{i % 3}.prod",
+                    "severity": ["critical", "error", "warning"][i % 3], "component": svc,
+                    "custom_details": {"error_rate": 0.05 + (i % 10) / 100, "service": svc}},
+    }
+
+
+@main.command()
+@click.option("--count", default=10, show_default=True, help="Number of sample alerts")
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
+              help="JSON file (object or array of objects) to publish instead of samples")
+@click.option("--source", default="pagerduty_events_v2", show_default=True,
+              help="Source of --file bodies: pagerduty_events_v2, alertmanager, grafana, generic:<name>")
+@click.option("--resolve/--no-resolve", default=False, help="Also publish a resolve for each sample trigger")
+@click.option("--rate", default=0.0, help="Alerts per second (0 = as fast as possible)")
+def produce(count: int, file_: str | None, source: str, resolve: bool, rate: float) -> None:
+    """Publish sample or given alerts straight to alerts.raw (acks=all)."""
+    s = _settings()
+    rk = s.pagerduty_routing_key.get() or "R0UTINGKEYSAMPLE0000000000000001"[:32]
+    bodies: list[tuple[str, bytes, bytes]] = []
+    if file_:
+        data = json.loads(Path(file_).read_text())
+        for obj in data if isinstance(data, list) else [data]:
+            b = json.dumps(obj).encode()
+            key = str(obj.get("dedup_key") or obj.get("groupKey") or uuid.uuid4().hex).encode()
+            bodies.append((source, b, key))
+    else:
+        from pagerstream.processors.incident import short_hash
+
+        for i in range(count):
+            ev = sample_pd_event(i, rk)
+            bodies.append(("pagerduty_events_v2", json.dumps(ev).encode(), f"{short_hash(rk)}:{ev['dedup_key']}".encode()))
+        if resolve:
+            for i in range(count):
+                ev = sample_pd_event(i, rk, resolve=True)
+                bodies.append(("pagerduty_events_v2", json.dumps(ev).encode(),
+                               f"{short_hash(rk)}:{ev['dedup_key']}".encode()))
+    n = asyncio.run(_produce(s, bodies, rate))
+    click.echo(f"produced {n} raw alerts to {s.topic_prefix}alerts.raw")
+
+
+async def _produce(s: Settings, bodies: list[tuple[str, bytes, bytes]], rate: float) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from pagerstream.schemas import AvroCodec
+    from pagerstream.streams.topics import topic_specs
+
+    codec = AvroCodec("raw_alert")
+    topic = topic_specs(s.topic_prefix)["alerts.raw"].name
+    p = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
+                         linger_ms=5)
+    await p.start()
+    try:
+        futs = []
+        t0 = time.monotonic()
+        for i, (source, body, key) in enumerate(bodies):
+            rec = {"id": uuid.uuid4().hex, "source": source, "received_at": int(time.time() * 1000),
+                   "content_type": "application/json", "body": body, "attributes": {}}
+            futs.append(await p.send(topic, codec.encode(rec), key=key))
+            if rate > 0:
+                delay = t0 + (i + 1) / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await asyncio.gather(*futs)
+        return len(futs)
+    finally:
+        await p.stop()
+
+
+# --- tail ------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("topic")
+@click.option("--from-beginning/--latest", default=True, show_default=True)
+@click.option("--max", "max_", default=0, help="Stop after this many records (0 = no limit)")
+@click.option("--follow/--no-follow", default=False, show_default=True, help="Keep waiting for new records")
+@click.option("--timeout", default=2.0, show_default=True, help="Without --follow: stop after this idle time (s)")
+def tail(topic: str, from_beginning: bool, max_: int, follow: bool, timeout: float) -> None:
+    """Decode and print a topic as JSON lines (prefix is added to short names like `incidents`)."""
+    s = _settings()
+    from pagerstream.streams.topics import topic_specs
+
+    specs = topic_specs(s.topic_prefix)
+    name = specs[topic].name if topic in specs else topic
+    asyncio.run(_tail(s, name, from_beginning, max_, follow, timeout))
+
+
+async def _tail(s: Settings, topic: str, from_beginning: bool, max_: int, follow: bool, timeout: float) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from pagerstream.schemas.codec import decode_any
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=s.kafka_bootstrap_servers, enable_auto_commit=False,
+                         auto_offset_reset="earliest" if from_beginning else "latest", group_id=None)
+    await c.start()
+    n = 0
+    try:
+        idle_since = time.monotonic()
+        while True:
+            batch = await c.getmany(timeout_ms=500)
+            if not batch:
+                if not follow and time.monotonic() - idle_since > timeout:
+                    return
+                continue
+            idle_since = time.monotonic()
+            for msgs in batch.values():
+                for m in msgs:
+                    out = {"partition": m.partition, "offset": m.offset,
+                           "key": m.key.decode("utf-8", "replace") if m.key else None,
+                           "value": decode_any(m.value)}
+                    click.echo(json.dumps(out, default=_jsonable))
+                    n += 1
+                    if max_ and n >= max_:
+                        return
+    finally:
+        await c.stop()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (bytes, bytearray)):
+        try:
+            return x.decode()
+        except UnicodeDecodeError:
+            return x.hex()
+    return str(x)
+
+
+# --- sandbox ---------------------------------------------------------------------------------------
+@main.command("pd-sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True)
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False), help="Events v2 OpenAPI spec (default: contracts)")
+def pd_sandbox(host: str, port: int, spec: str | None) -> None:
+    """Run the local PagerDuty Events API v2 stand-in (validates against the official spec)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from pagerstream.streams.pd_sandbox import run
+
+    run(host, port, spec_path=spec)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Settings, read once from the environment at start-up and validated.
+
+A bad value stops start-up with `ConfigError` naming the variable and what is expected.
+Secrets are held as `Secret` so that they never show up in logs, reprs or tracebacks.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{var}: {why}" for var, why in problems))
+
+
+class Secret:
+    """A string that refuses to print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('****')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: Secret = field(default_factory=lambda: Secret(""))
+    pagerduty_routing_key: Secret = field(default_factory=lambda: Secret(""))
+    pagerduty_api_key: Secret = field(default_factory=lambda: Secret(""))
+    pagerduty_user_token: Secret = field(default_factory=lambda: Secret(""))
+    pagerduty_events_url: str = "https://events.pagerduty.com"
+    ai_model_endpoint: str = ""
+    ml_prediction_threshold: float = 0.8
+    encryption_key: Secret = field(default_factory=lambda: Secret(""))
+    webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    jwt_secret: Secret = field(default_factory=lambda: Secret(""))
+    # pagerstream's own knobs
+    app_id: str = "pagerstream"
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    datadir: str = ".pagerstream-data"
+    catalog_path: str = ""
+    pd_rate_per_second: float = 2.0
+    pd_burst: int = 4
+    pd_timeout_seconds: float = 10.0
+    pd_max_inline_retry_seconds: float = 10.0
+    allow_private_pd_url: bool = False
+
+    @property
+    def events_enqueue_url(self) -> str:
+        return self.pagerduty_events_url.rstrip("/") + "/v2/enqueue"
+
+    @property
+    def events_change_url(self) -> str:
+        return self.pagerduty_events_url.rstrip("/") + "/v2/change/enqueue"
+
+
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_ROUTING_KEY = re.compile(r"^[A-Za-z0-9]{32}$")
+
+
+def _bool(v: str) -> bool | None:
+    return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}.get(
+        v.strip().lower()
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; report all problems at once."""
+    env = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+    kw: dict[str, object] = {}
+
+    def get(name: str) -> str | None:
+        v = env.get(name)
+        return None if v is None else v.strip()
+
+    v = get("KAFKA_BOOTSTRAP_SERVERS")
+    if v is not None:
+        hosts = [h.strip() for h in v.split(",") if h.strip()]
+        if not hosts or not all(_HOSTPORT.match(h.split("://")[-1]) for h in hosts):
+            problems.append(("KAFKA_BOOTSTRAP_SERVERS", "expected host:port[,host:port...], e.g. 127.0.0.1:9092"))
+        else:
+            kw["kafka_bootstrap_servers"] = ",".join(h.split("://")[-1] for h in hosts)
+
+    v = get("REDIS_URL")
+    if v is not None:
+        u = urlparse(v)
+        if u.scheme not in ("redis", "rediss", "unix") or (u.scheme != "unix" and not u.hostname):
+            problems.append(("REDIS_URL", "expected redis://host:port/db, rediss://… or unix://path"))
+        else:
+            kw["redis_url"] = v
+    if (v := get("REDIS_PASSWORD")) is not None:
+        kw["redis_password"] = Secret(v)
+
+    v = get("PAGERDUTY_ROUTING_KEY")
+    if v:
+        if not _ROUTING_KEY.match(v):
+            problems.append(("PAGERDUTY_ROUTING_KEY", "expected the 32-character integration key (letters and digits)"))
+        else:
+            kw["pagerduty_routing_key"] = Secret(v)
+    v = get("PAGERDUTY_API_KEY")
+    if v:
+        if not re.fullmatch(r"[A-Za-z0-9_+\-]{20,}", v):
+            problems.append(("PAGERDUTY_API_KEY", "expected a REST API token (20+ characters of [A-Za-z0-9_+-])"))
+        else:
+            kw["pagerduty_api_key"] = Secret(v)
+    v = get("PAGERDUTY_USER_TOKEN")
+    if v:
+        if len(v) < 20 or any(c.isspace() for c in v):
+            problems.append(("PAGERDUTY_USER_TOKEN", "expected an OAuth bearer token (20+ characters, no spaces)"))
+        else:
+            kw["pagerduty_user_token"] = Secret(v)
+
+    allow_private = _bool(get("PAGERSTREAM_ALLOW_PRIVATE_PD_URL") or "")
+    if allow_private is None:
+        problems.append(("PAGERSTREAM_ALLOW_PRIVATE_PD_URL", "expected true or false"))
+        allow_private = False
+    kw["allow_private_pd_url"] = allow_private
+    v = get("PAGERDUTY_EVENTS_URL")
+    if v:
+        u = urlparse(v)
+        if u.scheme not in ("https", "http") or not u.hostname or u.query or u.fragment:
+            problems.append(("PAGERDUTY_EVENTS_URL", "expected a base URL like https://events.pagerduty.com"))
+        elif u.scheme == "http" and not allow_private:
+            problems.append(
+                ("PAGERDUTY_EVENTS_URL", "plain http is only allowed with PAGERSTREAM_ALLOW_PRIVATE_PD_URL=true (sandbox)")
+            )
+        else:
+            kw["pagerduty_events_url"] = v.rstrip("/")
+    v = get("AI_MODEL_ENDPOINT")
+    if v:
+        u = urlparse(v)
+        if u.scheme not in ("https", "http") or not u.hostname:
+            problems.append(("AI_MODEL_ENDPOINT", "expected an http(s) URL of an OpenAI-compatible API"))
+        else:
+            kw["ai_model_endpoint"] = v
+    v = get("ML_PREDICTION_THRESHOLD")
+    if v:
+        try:
+            f = float(v)
+            if not 0.0 <= f <= 1.0:
+                raise ValueError
+            kw["ml_prediction_threshold"] = f
+        except ValueError:
+            problems.append(("ML_PREDICTION_THRESHOLD", "expected a number between 0 and 1"))
+    v = get("ENCRYPTION_KEY")
+    if v:
+        try:
+            raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
+            if len(raw) != 32:
+                raise ValueError
+            kw["encryption_key"] = Secret(v)
+        except (ValueError, TypeError):
+            problems.append(("ENCRYPTION_KEY", "expected 32 bytes in url-safe base64 (a Fernet key)"))
+    for name, attr in (("WEBHOOK_SECRET", "webhook_secret"), ("JWT_SECRET", "jwt_secret")):
+        v = get(name)
+        if v:
+            if len(v) < 32:
+                problems.append((name, "expected at least 32 characters of secret"))
+            else:
+                kw[attr] = Secret(v)
+
+    for name, attr, conv, lo, hi in (
+        ("PAGERSTREAM_PARTITIONS", "partitions", int, 1, 1024),
+        ("PAGERSTREAM_REPLICATION_FACTOR", "replication_factor", int, 1, 7),
+        ("PAGERSTREAM_PD_RATE", "pd_rate_per_second", float, 0.01, 10000),
+        ("PAGERSTREAM_PD_BURST", "pd_burst", int, 1, 10000),
+        ("PAGERSTREAM_PD_TIMEOUT", "pd_timeout_seconds", float, 0.1, 120),
+        ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "pd_max_inline_retry_seconds", float, 0, 600),
+    ):
+        v = get(name)
+        if v:
+            try:
+                x = conv(v)
+                if not lo <= x <= hi:
+                    raise ValueError
+                kw[attr] = x
+            except ValueError:
+                problems.append((name, f"expected a {conv.__name__} between {lo} and {hi}"))
+    for name, attr in (("PAGERSTREAM_APP_ID", "app_id"), ("PAGERSTREAM_TOPIC_PREFIX", "topic_prefix")):
+        v = get(name)
+        if v:
+            if not re.fullmatch(r"[A-Za-z0-9._\-]{1,100}", v):
+                problems.append((name, "expected letters, digits, '.', '_' or '-'"))
+            else:
+                kw[attr] = v
+    if v := get("PAGERSTREAM_DATADIR"):
+        kw["datadir"] = v
+    if v := get("PAGERSTREAM_CATALOG"):
+        if not os.path.isfile(v):
+            problems.append(("PAGERSTREAM_CATALOG", f"expected a readable YAML file; {v!r} does not exist"))
+        else:
+            kw["catalog_path"] = v
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**kw)  # type: ignore[arg-type]

@@ -1,0 +1,314 @@
+"""Deduplication, grouping and the incident state machine: one pure step per alert or tick.
+
+State lives per *group* (the Kafka key of alerts.normalized). A group owns the incidents its
+alerts were grouped into and a map from each open alert's dedup_key to its incident.
+
+PagerDuty semantics (developer-docs events-API-v2/02-Trigger-Events):
+- a trigger for a dedup_key that is open is a duplicate;
+- acknowledge/resolve for a dedup_key with no open alert are dropped (never create one);
+- a trigger after resolve opens a new incident.
+
+Replays: Faust is at-least-once, so after a crash an alert may be processed again while its
+table update already landed. Every group remembers the last `APPLIED_MEMORY` alert ids it applied and
+what it decided; a replayed alert re-emits the same decision (same event ids, same PagerDuty seq)
+instead of deciding again, so a lost output is recovered and a duplicate output is recognisable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Literal
+
+from pagerstream.processors.alert import Alert
+
+APPLIED_MEMORY = 32
+RESOLVED_RETENTION_MS = 3_600_000  # keep resolved incidents 1 h to explain late acks/resolves
+SEV_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+
+Change = Literal[
+    "opened", "alert_added", "duplicate", "acknowledged", "alert_resolved", "resolved", "auto_resolved", "dropped"
+]
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How a service groups alerts; window_ms = 0 means 'while the incident is open'."""
+
+    mode: Literal["none", "time_window", "fields"] = "none"
+    window_ms: int = 0
+    auto_resolve_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Incident:
+    incident_id: str
+    state: Literal["triggered", "acknowledged", "resolved"]
+    version: int
+    pd_dedup_key: str
+    routing_key: str
+    summary: str
+    severity: str
+    opened_at: int
+    last_trigger_at: int
+    last_activity_at: int
+    members: dict[str, str]  # dedup_key -> open | acknowledged | resolved
+    total_alerts: int = 1
+    duplicates: int = 0
+    acknowledged_at: int | None = None
+    resolved_at: int | None = None
+    service: str | None = None
+    team: str | None = None
+    tier: str | None = None
+    runbook_url: str | None = None
+    auto_resolve_ms: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != "resolved"
+
+    def open_alerts(self) -> int:
+        return sum(1 for s in self.members.values() if s != "resolved")
+
+    def auto_resolve_due(self) -> int | None:
+        if not self.is_open or self.auto_resolve_ms <= 0:
+            return None
+        return self.last_activity_at + self.auto_resolve_ms
+
+
+@dataclass(frozen=True)
+class Applied:
+    alert_id: str
+    outputs: tuple[tuple[str, int, str | None], ...]  # (incident_id, version, pd_action)
+
+
+@dataclass(frozen=True)
+class GroupState:
+    group_key: str
+    counter: int = 0  # incidents ever opened in this group
+    current: str | None = None  # incident new triggers join
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    members: dict[str, str] = field(default_factory=dict)  # open dedup_key -> incident_id
+    applied: tuple[Applied, ...] = ()
+
+    def next_deadline(self) -> int | None:
+        dues = [d for i in self.incidents.values() if (d := i.auto_resolve_due()) is not None]
+        return min(dues) if dues else None
+
+
+@dataclass(frozen=True)
+class IncidentChangeOut:
+    """One change to publish on `incidents`, and the PagerDuty action it queues (if any)."""
+
+    incident: Incident
+    change: Change
+    reason: str
+    alert: Alert | None
+    pd_action: str | None  # trigger | acknowledge | resolve | None
+
+
+@dataclass(frozen=True)
+class Step:
+    state: GroupState | None  # None: delete the group (nothing left to remember)
+    outputs: tuple[IncidentChangeOut, ...]
+    replayed: bool = False
+
+
+def short_hash(s: str, n: int = 12) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()[:n]
+
+
+def _new_incident(g: GroupState, a: Alert, grouping: Grouping) -> tuple[GroupState, Incident]:
+    n = g.counter + 1
+    iid = f"{short_hash(g.group_key, 16)}-{n}"
+    pd_key = a.dedup_key if grouping.mode == "none" else f"pagerstream-{iid}"
+    inc = Incident(
+        incident_id=iid, state="triggered", version=1, pd_dedup_key=pd_key, routing_key=a.routing_key,
+        summary=a.summary, severity=a.severity, opened_at=a.received_at, last_trigger_at=a.received_at,
+        last_activity_at=a.received_at, members={a.dedup_key: "open"}, service=a.service, team=a.team,
+        tier=a.tier, runbook_url=a.runbook_url, auto_resolve_ms=grouping.auto_resolve_ms,
+    )
+    return replace(g, counter=n, current=iid), inc
+
+
+def _bump(inc: Incident, now: int, **changes: Any) -> Incident:
+    return replace(inc, version=inc.version + 1, last_activity_at=now, **changes)
+
+
+def _put(g: GroupState, inc: Incident, members: dict[str, str] | None = None) -> GroupState:
+    incidents = dict(g.incidents)
+    incidents[inc.incident_id] = inc
+    return replace(g, incidents=incidents, members=g.members if members is None else members)
+
+
+def _remember(g: GroupState, alert_id: str, outs: Iterable[IncidentChangeOut]) -> GroupState:
+    rec = Applied(alert_id, tuple((o.incident.incident_id, o.incident.version, o.pd_action) for o in outs))
+    return replace(g, applied=(g.applied + (rec,))[-APPLIED_MEMORY:])
+
+
+def _prune(g: GroupState, now: int) -> GroupState:
+    keep = {
+        iid: inc
+        for iid, inc in g.incidents.items()
+        if inc.is_open or (inc.resolved_at or 0) + RESOLVED_RETENTION_MS > now or iid == g.current
+    }
+    if len(keep) == len(g.incidents):
+        return g
+    return replace(g, incidents=keep)
+
+
+def decide(g: GroupState | None, a: Alert, grouping: Grouping) -> Step:
+    """Apply one alert to its group. `a.received_at` is the clock (replays decide the same)."""
+    g = g or GroupState(group_key=a.group_key)
+    for rec in g.applied:
+        if rec.alert_id == a.id:
+            return Step(g, _replay(g, rec, a), replayed=True)
+    now = a.received_at
+    if a.action == "trigger":
+        g2, outs = _trigger(g, a, grouping, now)
+    elif a.action == "acknowledge":
+        g2, outs = _acknowledge(g, a, now)
+    elif a.action == "resolve":
+        g2, outs = _resolve(g, a, now, auto=False)
+    else:
+        raise ValueError(f"decide() does not take {a.action!r} alerts")
+    g2 = _remember(_prune(g2, now), a.id, outs)
+    return Step(g2, tuple(outs))
+
+
+def _replay(g: GroupState, rec: Applied, a: Alert) -> tuple[IncidentChangeOut, ...]:
+    outs = []
+    for iid, version, pd_action in rec.outputs:
+        inc = g.incidents.get(iid)
+        if inc is None:  # pruned since: nothing more to say than "it was handled"
+            continue
+        outs.append(IncidentChangeOut(replace(inc, version=version), "duplicate" if pd_action is None else
+                                      _change_for(pd_action), "replay of an alert already applied", a, pd_action))
+    return tuple(outs)
+
+
+def _change_for(pd_action: str) -> Change:
+    return {"trigger": "opened", "acknowledge": "acknowledged", "resolve": "resolved"}[pd_action]  # type: ignore
+
+
+def _trigger(g: GroupState, a: Alert, grouping: Grouping, now: int) -> tuple[GroupState, list[IncidentChangeOut]]:
+    iid = g.members.get(a.dedup_key)
+    if iid is not None and g.incidents[iid].is_open:
+        inc = g.incidents[iid]
+        inc = _bump(inc, now, duplicates=inc.duplicates + 1, last_trigger_at=now)
+        why = f"duplicate: dedup_key is already {inc.members[a.dedup_key]} in incident {iid}"
+        return _put(g, inc), [IncidentChangeOut(inc, "duplicate", why, a, None)]
+    cur = g.incidents.get(g.current) if g.current else None
+    if (
+        cur is not None and cur.is_open and grouping.mode != "none"
+        and (grouping.window_ms == 0 or now - cur.last_trigger_at <= grouping.window_ms)
+    ):
+        members = dict(cur.members)
+        members[a.dedup_key] = "open"
+        sev = a.severity if SEV_RANK.get(a.severity, 0) > SEV_RANK.get(cur.severity, 0) else cur.severity
+        inc = _bump(cur, now, members=members, total_alerts=cur.total_alerts + 1, last_trigger_at=now, severity=sev)
+        gm = dict(g.members)
+        gm[a.dedup_key] = inc.incident_id
+        why = f"grouped into open incident {inc.incident_id} ({grouping.mode}"
+        why += f", within {grouping.window_ms // 1000}s)" if grouping.window_ms else ")"
+        return _put(g, inc, gm), [IncidentChangeOut(inc, "alert_added", why, a, None)]
+    g2, inc = _new_incident(g, a, grouping)
+    gm = dict(g2.members)
+    gm[a.dedup_key] = inc.incident_id
+    prev = g.incidents.get(g.current) if g.current else None
+    if prev is not None and not prev.is_open:
+        why = f"trigger after incident {prev.incident_id} was resolved: new incident"
+    elif prev is not None:
+        why = f"new incident: open incident {prev.incident_id} last triggered more than the grouping window ago"
+    else:
+        why = "first trigger for this group: new incident"
+    return _put(g2, inc, gm), [IncidentChangeOut(inc, "opened", why, a, "trigger")]
+
+
+def _dropped(g: GroupState, a: Alert, now: int, why: str) -> tuple[GroupState, list[IncidentChangeOut]]:
+    # Explain the drop against the latest incident of the group, or a placeholder one.
+    last = g.incidents.get(g.current) if g.current else None
+    inc = last or Incident(
+        incident_id="", state="resolved", version=0, pd_dedup_key=a.dedup_key, routing_key=a.routing_key,
+        summary=a.summary, severity=a.severity, opened_at=now, last_trigger_at=now, last_activity_at=now,
+        members={}, total_alerts=0, service=a.service, team=a.team, tier=a.tier, runbook_url=a.runbook_url,
+    )
+    return g, [IncidentChangeOut(inc, "dropped", why, a, None)]
+
+
+def _acknowledge(g: GroupState, a: Alert, now: int) -> tuple[GroupState, list[IncidentChangeOut]]:
+    iid = g.members.get(a.dedup_key)
+    inc = g.incidents.get(iid) if iid else None
+    if inc is None or not inc.is_open:
+        return _dropped(g, a, now, "acknowledge dropped: no open alert with this dedup_key")
+    members = dict(inc.members)
+    members[a.dedup_key] = "acknowledged"
+    if inc.state == "acknowledged":
+        inc = _bump(inc, now, members=members)
+        return _put(g, inc), [IncidentChangeOut(inc, "duplicate", "incident already acknowledged", a, None)]
+    inc = _bump(inc, now, members=members, state="acknowledged", acknowledged_at=now)
+    return _put(g, inc), [IncidentChangeOut(inc, "acknowledged", "acknowledged by the source", a, "acknowledge")]
+
+
+def _resolve(g: GroupState, a: Alert, now: int, *, auto: bool) -> tuple[GroupState, list[IncidentChangeOut]]:
+    iid = g.members.get(a.dedup_key)
+    inc = g.incidents.get(iid) if iid else None
+    if inc is None or not inc.is_open:
+        return _dropped(g, a, now, "resolve dropped: no open alert with this dedup_key")
+    members = dict(inc.members)
+    members[a.dedup_key] = "resolved"
+    gm = {k: v for k, v in g.members.items() if k != a.dedup_key}
+    still_open = sum(1 for s in members.values() if s != "resolved")
+    if still_open:
+        inc = _bump(inc, now, members=members)
+        why = f"alert resolved; {still_open} alert(s) of the incident still open"
+        return _put(g, inc, gm), [IncidentChangeOut(inc, "alert_resolved", why, a, None)]
+    inc = _bump(inc, now, members=members, state="resolved", resolved_at=now)
+    return _put(g, inc, gm), [IncidentChangeOut(inc, "resolved", "all alerts of the incident resolved", a, "resolve")]
+
+
+def expire(g: GroupState, now: int) -> Step:
+    """Auto-resolve every open incident of the group whose auto-resolve deadline has passed."""
+    outs: list[IncidentChangeOut] = []
+    for iid, inc in list(g.incidents.items()):
+        due = inc.auto_resolve_due()
+        if due is None or due > now:
+            continue
+        members = {k: "resolved" for k in inc.members}
+        gm = {k: v for k, v in g.members.items() if v != iid}
+        inc2 = replace(inc, version=inc.version + 1, state="resolved", resolved_at=now, members=members)
+        g = _put(g, inc2, gm)
+        why = f"auto-resolved: no activity for {inc.auto_resolve_ms // 1000}s"
+        outs.append(IncidentChangeOut(inc2, "auto_resolved", why, None, "resolve"))
+    if not outs:
+        return Step(g, ())
+    return Step(_prune(g, now), tuple(outs))
+
+
+def is_forgettable(g: GroupState, now: int) -> bool:
+    """A group with nothing open and nothing recent can be deleted from the table."""
+    return not g.members and all(
+        not i.is_open and (i.resolved_at or 0) + RESOLVED_RETENTION_MS <= now for i in g.incidents.values()
+    )
+
+
+# --- table (de)serialisation: plain JSON-able dicts, compact keys kept readable ---------------------
+
+def group_to_dict(g: GroupState) -> dict[str, Any]:
+    return {
+        "k": g.group_key, "n": g.counter, "cur": g.current, "m": g.members,
+        "inc": {iid: _inc_to_dict(i) for iid, i in g.incidents.items()},
+        "ap": [[r.alert_id, [list(o) for o in r.outputs]] for r in g.applied],
+    }
+
+
+def group_from_dict(d: dict[str, Any]) -> GroupState:
+    return GroupState(
+        group_key=d["k"], counter=d["n"], current=d["cur"], members=dict(d["m"]),
+        incidents={iid: Incident(**v) for iid, v in d["inc"].items()},
+        applied=tuple(Applied(r[0], tuple((o[0], o[1], o[2]) for o in r[1])) for r in d["ap"]),
+    )
+
+
+def _inc_to_dict(i: Incident) -> dict[str, Any]:
+    return {f: getattr(i, f) for f in Incident.__dataclass_fields__}

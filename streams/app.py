@@ -1,0 +1,520 @@
+"""The Faust app: topics, tables and the agents that move records through the pure core.
+
+    alerts.raw ──normalize──► alerts.normalized ──incidents──► incidents (Avro)
+                                                          └──► pagerduty.outbox ──forward──► PagerDuty
+                                                                     pagerduty.retry ◄─┘ (parked, in order)
+
+Agents never stop on bad input: a record that cannot be decoded or processed goes to a
+dead-letter topic with the stage, the reason and the original bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import faust
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pagerstream.config import Settings
+from pagerstream.processors.alert import Alert
+from pagerstream.processors.enrich import enrich
+from pagerstream.processors.errors import InvalidInput
+from pagerstream.processors.incident import (
+    RESOLVED_RETENTION_MS, GroupState, Grouping, IncidentChangeOut, decide, expire, group_from_dict,
+    group_to_dict, is_forgettable, short_hash,
+)
+from pagerstream.processors.normalize import normalize
+from pagerstream.processors.pd_build import build_change, build_event, encode_body
+from pagerstream.schemas import AvroCodec, DecodeError, registry
+from pagerstream.streams.catalog_view import CatalogView
+from pagerstream.streams.forwarder import Forwarder, RateLimiter
+from pagerstream.streams.ingress import Ingress
+from pagerstream.streams.metrics import Metrics
+from pagerstream.streams.topics import topic_specs
+
+log = logging.getLogger("pagerstream")
+SEQ_SLOTS = 8  # PagerDuty seq = source offset * SEQ_SLOTS + output index: monotonic, replay-stable
+
+
+@dataclass
+class RuntimeOptions:
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    session_timeout_s: float = 30.0
+    tick_interval_s: float = 5.0
+    commit_interval_s: float = 1.0
+    enable_forwarder: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PagerstreamApp(faust.App):
+    pipeline: "Pipeline"
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self.pipeline.start_side_services()
+
+    async def on_stop(self) -> None:
+        await self.pipeline.stop_side_services()
+        await super().on_stop()
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, opts: RuntimeOptions | None = None) -> None:
+        self.settings = settings
+        self.opts = opts or RuntimeOptions()
+        self.metrics = Metrics()
+        self.codecs = {n: AvroCodec(n) for n in ("raw_alert", "alert", "incident_event", "pagerduty_event",
+                                                 "dead_letter", "tick")}
+        self.fp_tick = registry().fingerprints["tick"]
+        self.default_routing_key = settings.pagerduty_routing_key.get()
+        names = {k: v.name for k, v in topic_specs(settings.topic_prefix).items()}
+        self.topic_names = names
+        self.catalog = CatalogView(settings.kafka_bootstrap_servers, names["pagerstream.catalog"])
+        self.redis: aioredis.Redis | None = None
+        self.forwarder: Forwarder | None = None
+        self._deadlines: dict[int, list[tuple[int, str]]] = {}
+        self._scanned: set[int] = set()
+        self.app = self._build_app()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def start_side_services(self) -> None:
+        await self.catalog.start()
+        self.metrics.catalog_services.set(len(self.catalog.current.services))
+        s = self.settings
+        self.redis = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None,
+                                       socket_timeout=2, socket_connect_timeout=2)
+        limiter = RateLimiter(self.redis, s.pd_rate_per_second, s.pd_burst)
+        self.forwarder = Forwarder(enqueue_url=s.events_enqueue_url, change_url=s.events_change_url,
+                                   limiter=limiter, metrics=self.metrics, timeout_s=s.pd_timeout_seconds,
+                                   inline_budget_s=s.pd_max_inline_retry_seconds)
+
+    async def stop_side_services(self) -> None:
+        await self.catalog.stop()
+        if self.forwarder:
+            await self.forwarder.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def produce_raw(self, key: bytes, rec: dict[str, Any]) -> None:
+        """Produce to alerts.raw and wait for the broker's acks=all answer."""
+        fut = await self.raw_topic.send(key=key, value=self.codecs["raw_alert"].encode(rec))
+        await asyncio.wait_for(fut, timeout=15)
+
+    # --- app ----------------------------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s, o = self.settings, self.opts
+        app = PagerstreamApp(
+            s.app_id,
+            broker=f"kafka://{s.kafka_bootstrap_servers}",
+            store="rocksdb://",
+            datadir=s.datadir,
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            topic_allow_declare=True,
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            broker_session_timeout=o.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, o.session_timeout_s / 10),
+            broker_commit_every=1000,
+            broker_commit_interval=o.commit_interval_s,
+            web_port=o.web_port,
+            web_bind=o.web_host,
+            web_host=o.web_host,
+            web_enabled=True,
+            consumer_auto_offset_reset="earliest",
+            table_standby_replicas=1,
+            autodiscover=False,
+            stream_wait_empty=False,
+            logging_config=None,
+        )
+        app.pipeline = self
+        n = self.topic_names
+        topic = lambda name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",  # noqa: E731
+                                       value_serializer="raw", internal=False)
+        self.raw_topic = topic(n["alerts.raw"])
+        self.normalized_topic = topic(n["alerts.normalized"])
+        self.incidents_topic = topic(n["incidents"])
+        self.outbox_topic = topic(n["pagerduty.outbox"])
+        self.retry_topic = topic(n["pagerduty.retry"])
+        self.alert_dlq = topic(n["alerts.dead-letter"])
+        self.pd_dlq = topic(n["pagerduty.dead-letter"])
+        rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
+        self.groups = app.Table("groups", default=None, value_serializer="json", key_serializer="raw",
+                                partitions=s.partitions, options=rocks)
+        self.delivered = app.Table("pd-delivered", default=None, value_serializer="json", key_serializer="raw",
+                                   partitions=s.partitions, options=rocks)
+        self.parked = app.Table("pd-parked", default=None, value_serializer="json", key_serializer="raw",
+                                partitions=s.partitions, options=rocks)
+
+        app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
+        app.agent(self.normalized_topic, name="incidents", concurrency=1)(self._agent_incidents)
+        if o.enable_forwarder:
+            app.agent(self.outbox_topic, name="forward", concurrency=1)(self._agent_forward)
+            app.agent(self.retry_topic, name="retry", concurrency=1)(self._agent_retry)
+        app.timer(o.tick_interval_s)(self._send_ticks)
+
+        router = app.web.web_app.router
+        Ingress(self).install(router)
+        router.add_get("/metrics", self._view_metrics)
+        router.add_get("/healthz", self._view_healthz)
+        router.add_get("/readyz", self._view_readyz)
+        self.metrics.add_lag(self._lag)
+        return app
+
+    # --- agents -------------------------------------------------------------------------------------
+    async def _agent_normalize(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        await self.catalog.ready.wait()
+        m = self.metrics
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            msg = event.message
+            try:
+                raw = self.codecs["raw_alert"].decode(event.value)
+            except DecodeError as e:
+                await self._dead_letter("decode", str(e), e, msg)
+                continue
+            cat = self.catalog.current
+            try:
+                alerts = normalize(raw["source"], raw["body"], raw_id=raw["id"], received_at_ms=raw["received_at"],
+                                   attributes=raw["attributes"], default_routing_key=self.default_routing_key,
+                                   mappings=cat.sources)
+            except InvalidInput as e:
+                await self._dead_letter("normalize", "; ".join(e.errors)[:2000], e, msg)
+                continue
+            except Exception as e:  # a bug must not stop the partition: dead-letter and go on
+                log.exception("normalize failed")
+                await self._dead_letter("normalize", f"internal error: {e}"[:2000], e, msg)
+                continue
+            for a in alerts:
+                en = enrich(a, cat).alert
+                if not en.routing_key:
+                    await self._dead_letter("enrich", "no routing key for alert " + a.dedup_key[:64], None, msg)
+                    continue
+                await self.normalized_topic.send(key=en.group_key.encode(),
+                                                 value=self.codecs["alert"].encode(en.to_record()))
+            m.records.labels("normalize", "ok").inc()
+            m.stage_latency.labels("normalize").observe(time.perf_counter() - t0)
+            yield None
+
+    async def _agent_incidents(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        await self.catalog.ready.wait()
+        m = self.metrics
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            msg = event.message
+            value: bytes = event.value
+            try:
+                if value[2:10] == self.fp_tick:
+                    tick = self.codecs["tick"].decode(value)
+                    await self._on_tick(msg.partition, tick["now"], msg.offset)
+                    continue
+                a = Alert.from_record(self.codecs["alert"].decode(value))
+            except DecodeError as e:
+                await self._dead_letter("incident", str(e), e, msg)
+                continue
+            try:
+                if a.action == "change":
+                    await self._emit_change(a, msg.offset)
+                    m.records.labels("incident", "change").inc()
+                    continue
+                key = a.group_key.encode()
+                stored = self.groups.get(key)
+                state = group_from_dict(stored) if stored else None
+                step = decide(state, a, self._grouping_for(a))
+                if not step.replayed:
+                    d = group_to_dict(step.state)
+                    d["p"] = msg.partition
+                    self.groups[key] = d
+                    due = _next_due(step.state)
+                    if due is not None:
+                        heapq.heappush(self._deadlines.setdefault(msg.partition, []), (due, a.group_key))
+                await self._emit(step.outputs, msg.offset)
+                m.records.labels("incident", step.outputs[0].change if step.outputs else "none").inc()
+            except Exception as e:
+                log.exception("incident step failed")
+                await self._dead_letter("incident", f"internal error: {e}"[:2000], e, msg)
+                continue
+            m.stage_latency.labels("incident").observe(time.perf_counter() - t0)
+            yield None
+
+    def _grouping_for(self, a: Alert) -> Grouping:
+        spec = self.catalog.current.service(a.service) if a.service else None
+        if spec is None:
+            return Grouping(auto_resolve_ms=self.catalog.current.default_auto_resolve_ms)
+        return Grouping(mode=spec.grouping.mode, window_ms=spec.grouping.window_seconds * 1000,
+                        auto_resolve_ms=spec.auto_resolve_seconds * 1000)
+
+    async def _on_tick(self, partition: int, now: int, offset: int) -> None:
+        if partition not in self._scanned:  # first tick after (re)assignment: rebuild the deadline heap
+            heap: list[tuple[int, str]] = []
+            for k, d in self.groups.items():
+                if d and d.get("p") == partition:
+                    due = _next_due(group_from_dict(d))
+                    if due is not None:
+                        heap.append((due, k.decode() if isinstance(k, bytes) else k))
+            heapq.heapify(heap)
+            self._deadlines[partition] = heap
+            self._scanned.add(partition)
+        heap = self._deadlines.get(partition, [])
+        slot = 0
+        while heap and heap[0][0] <= now:
+            _, gk = heapq.heappop(heap)
+            key = gk.encode()
+            stored = self.groups.get(key)
+            if not stored:
+                continue
+            g = group_from_dict(stored)
+            step = expire(g, now)
+            g2 = step.state or g
+            if step.outputs:
+                await self._emit(step.outputs, offset, first_slot=slot)
+                slot += len(step.outputs)
+            if is_forgettable(g2, now):
+                del self.groups[key]
+                continue
+            if step.outputs:
+                d = group_to_dict(g2)
+                d["p"] = partition
+                self.groups[key] = d
+            due = _next_due(g2)
+            if due is not None and due > now:
+                heapq.heappush(heap, (due, gk))
+
+    async def _send_ticks(self) -> None:
+        now = int(time.time() * 1000)
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:
+            return
+        for tp in actives:
+            if tp.topic == self.topic_names["alerts.normalized"]:
+                await self.normalized_topic.send(
+                    key=b"__tick__", value=self.codecs["tick"].encode({"partition": tp.partition, "now": now}),
+                    partition=tp.partition)
+
+    async def _emit(self, outs: tuple[IncidentChangeOut, ...], offset: int, first_slot: int = 0) -> None:
+        for i, o in enumerate(outs, start=first_slot):
+            inc = o.incident
+            rec = {
+                "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
+                "version": inc.version, "change": o.change, "reason": o.reason, "state": inc.state,
+                "alert_id": o.alert.id if o.alert else None, "dedup_key": o.alert.dedup_key if o.alert else None,
+                "pd_dedup_key": inc.pd_dedup_key, "routing_key_hint": inc.routing_key[-4:],
+                "service": inc.service, "team": inc.team, "tier": inc.tier, "runbook_url": inc.runbook_url,
+                "summary": inc.summary, "severity": inc.severity, "open_alerts": inc.open_alerts(),
+                "total_alerts": inc.total_alerts, "duplicates": inc.duplicates, "opened_at": inc.opened_at,
+                "acknowledged_at": inc.acknowledged_at, "resolved_at": inc.resolved_at,
+                "at": o.alert.received_at if o.alert else (inc.resolved_at or inc.last_activity_at),
+                "pagerduty_action": o.pd_action,
+            }
+            await self.incidents_topic.send(key=(inc.incident_id or "none").encode(),
+                                            value=self.codecs["incident_event"].encode(rec))
+            if o.pd_action is None:
+                continue
+            body = self._pd_body(o)
+            stream_key = f"{short_hash(inc.routing_key)}:{inc.pd_dedup_key}"
+            ev = {
+                "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
+                "stream_key": stream_key, "seq": offset * SEQ_SLOTS + i, "endpoint": "enqueue",
+                "action": o.pd_action, "routing_key": inc.routing_key, "dedup_key": inc.pd_dedup_key,
+                "body_json": body, "created_at": o.alert.received_at if o.alert else int(time.time() * 1000),
+                "attempt": 0, "not_before": 0, "last_error": None,
+            }
+            await self.outbox_topic.send(key=stream_key.encode(), value=self.codecs["pagerduty_event"].encode(ev))
+
+    def _pd_body(self, o: IncidentChangeOut) -> str:
+        inc, a = o.incident, o.alert
+        if o.pd_action != "trigger" or a is None:
+            built = build_event(action=o.pd_action, routing_key=inc.routing_key, dedup_key=inc.pd_dedup_key)
+            return encode_body(built.body)
+        try:
+            details = json.loads(a.custom_details_json or "{}")
+        except ValueError:
+            details = {"raw": a.custom_details_json}
+        if not isinstance(details, dict):
+            details = {"value": details}
+        details["pagerstream"] = {k: v for k, v in {
+            "incident_id": inc.incident_id, "service": inc.service, "team": inc.team, "tier": inc.tier,
+            "runbook_url": inc.runbook_url, "source": a.source, "reason": o.reason}.items() if v is not None}
+        links = [{"href": x.href, **({"text": x.text} if x.text else {})} for x in a.links]
+        if inc.runbook_url:
+            links.append({"href": inc.runbook_url, "text": "Runbook"})
+        images = [{k: v for k, v in (("src", x.src), ("href", x.href), ("alt", x.alt)) if v} for x in a.images]
+        built = build_event(
+            action="trigger", routing_key=inc.routing_key, dedup_key=inc.pd_dedup_key, summary=a.summary,
+            severity=inc.severity, origin=a.origin, component=a.component, group=a.group, class_=a.class_,
+            custom_details=details, links=links, images=images, client=a.client or "pagerstream",
+            client_url=a.client_url, timestamp_ms=a.event_time,
+        )
+        return encode_body(built.body)
+
+    async def _emit_change(self, a: Alert, offset: int) -> None:
+        try:
+            details = json.loads(a.custom_details_json or "{}")
+        except ValueError:
+            details = {}
+        built = build_change(routing_key=a.routing_key, summary=a.summary, origin=a.origin,
+                             custom_details=details if isinstance(details, dict) else {},
+                             links=[{"href": x.href, **({"text": x.text} if x.text else {})} for x in a.links],
+                             timestamp_ms=a.event_time)
+        stream_key = f"{short_hash(a.routing_key)}:change"
+        ev = {"event_id": a.id, "incident_id": "", "stream_key": stream_key, "seq": offset * SEQ_SLOTS,
+              "endpoint": "change", "action": "change", "routing_key": a.routing_key, "dedup_key": a.dedup_key,
+              "body_json": encode_body(built.body), "created_at": a.received_at, "attempt": 0, "not_before": 0,
+              "last_error": None}
+        await self.outbox_topic.send(key=stream_key.encode(), value=self.codecs["pagerduty_event"].encode(ev))
+
+    # --- forwarder agents ---------------------------------------------------------------------------
+    async def _agent_forward(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        while self.forwarder is None:
+            await asyncio.sleep(0.05)
+        async for event in stream.events():
+            msg = event.message
+            try:
+                ev = self.codecs["pagerduty_event"].decode(event.value)
+            except DecodeError as e:
+                await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
+                continue
+            k = ev["stream_key"].encode()
+            done = self.delivered.get(k) or 0
+            if ev["seq"] <= done:
+                self.metrics.records.labels("forward", "already_delivered").inc()
+                continue
+            if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
+                await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
+                continue
+            await self._deliver(ev, msg, k, inline=True)
+            yield None
+
+    async def _agent_retry(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        while self.forwarder is None:
+            await asyncio.sleep(0.05)
+        async for event in stream.events():
+            msg = event.message
+            try:
+                ev = self.codecs["pagerduty_event"].decode(event.value)
+            except DecodeError as e:
+                await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
+                continue
+            k = ev["stream_key"].encode()
+            done = self.delivered.get(k) or 0
+            pending = [s for s in (self.parked.get(k) or []) if s > done]
+            if ev["seq"] <= done:
+                self._set_parked(k, pending)
+                continue
+            if pending and min(pending) < ev["seq"]:
+                # Not this key's head yet: go round again behind it (order kept by seq).
+                await self._repark(ev, max(ev["not_before"], int(time.time() * 1000) + 500))
+                continue
+            wait_ms = ev["not_before"] - int(time.time() * 1000)
+            if wait_ms > 0:
+                await asyncio.sleep(min(wait_ms, 30_000) / 1000)
+                if ev["not_before"] - int(time.time() * 1000) > 0:
+                    await self._repark(ev, ev["not_before"])
+                    continue
+            await self._deliver(ev, msg, k, inline=False)
+            yield None
+
+    async def _deliver(self, ev: dict[str, Any], msg: Any, k: bytes, *, inline: bool) -> None:
+        assert self.forwarder is not None
+        res = await self.forwarder.attempt(ev, inline_budget_s=None if inline else 0.0)
+        now = int(time.time() * 1000)
+        if res.outcome == "delivered":
+            self.delivered[k] = ev["seq"]
+            self._set_parked(k, [s for s in (self.parked.get(k) or []) if s > ev["seq"]])
+            self.metrics.e2e_latency.observe(max(0.0, (now - ev["created_at"]) / 1000))
+            self.metrics.records.labels("forward", "delivered").inc()
+        elif res.outcome == "permanent":
+            self.delivered[k] = ev["seq"]  # a refused call must not block the calls behind it
+            self._set_parked(k, [s for s in (self.parked.get(k) or []) if s > ev["seq"]])
+            await self._dead_letter("forward", f"PagerDuty refused ({res.status}): {res.reason}", None, msg,
+                                    topic=self.pd_dlq, attributes={"stream_key": ev["stream_key"],
+                                                                   "event_id": ev["event_id"]})
+        else:
+            ev = dict(ev, attempt=int(ev.get("attempt") or 0) + 1, last_error=res.reason[:500])
+            if inline:
+                await self._park(ev, res.reason, res.not_before_ms or now + 1000)
+            else:
+                await self._repark(ev, res.not_before_ms or now + 1000)
+
+    async def _park(self, ev: dict[str, Any], reason: str, not_before: int) -> None:
+        k = ev["stream_key"].encode()
+        cur = list(self.parked.get(k) or [])
+        if ev["seq"] not in cur:
+            cur.append(ev["seq"])
+        self._set_parked(k, sorted(cur))
+        self.metrics.pd_parked.labels(reason.split(":")[0][:40]).inc()
+        await self._repark(ev, not_before)
+
+    async def _repark(self, ev: dict[str, Any], not_before: int) -> None:
+        ev = dict(ev, not_before=int(not_before))
+        fut = await self.retry_topic.send(key=ev["stream_key"].encode(), value=self.codecs["pagerduty_event"].encode(ev))
+        await fut  # the source offset may be committed right after: the parked copy must be durable first
+
+    def _set_parked(self, k: bytes, seqs: list[int]) -> None:
+        if seqs:
+            if self.parked.get(k) != seqs:
+                self.parked[k] = seqs
+        elif self.parked.get(k) is not None:
+            del self.parked[k]
+
+    # --- dead letters -------------------------------------------------------------------------------
+    async def _dead_letter(self, stage: str, reason: str, exc: BaseException | None, msg: Any, *,
+                           topic: Any = None, attributes: dict[str, str] | None = None) -> None:
+        rec = {"stage": stage, "reason": reason, "error_type": type(exc).__name__ if exc else "Rejected",
+               "topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key,
+               "original": msg.value if isinstance(msg.value, bytes) else b"", "at": int(time.time() * 1000),
+               "attributes": attributes or {}}
+        t = topic or self.alert_dlq
+        fut = await t.send(key=msg.key, value=self.codecs["dead_letter"].encode(rec))
+        await fut
+        self.metrics.dead_letters.labels(stage).inc()
+        self.metrics.records.labels(stage, "dead_letter").inc()
+
+    # --- web ----------------------------------------------------------------------------------------
+    async def _view_metrics(self, request: web.Request) -> web.Response:
+        self.metrics.catalog_services.set(len(self.catalog.current.services))
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _view_healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _view_readyz(self, request: web.Request) -> web.Response:
+        checks = {
+            "catalog_loaded": self.catalog.ready.is_set(),
+            "tables_recovered": bool(self.app.tables.recovery.completed.is_set()),
+            "not_rebalancing": not self.app.rebalancing,
+            "forwarder": self.forwarder is not None,
+        }
+        ok = all(checks.values())
+        return web.json_response({"status": "ready" if ok else "not ready", "checks": checks},
+                                 status=200 if ok else 503)
+
+    def _lag(self) -> list[tuple[str, int, int]]:
+        c = self.app.consumer
+        out = []
+        for tp in c.assignment():
+            try:
+                hw = c.highwater(tp)
+            except Exception:
+                continue
+            committed = c._committed_offset.get(tp) or 0  # faust keeps no public accessor
+            if hw is not None:
+                out.append((tp.topic, tp.partition, max(0, hw - committed)))
+        return out
+
+
+def _next_due(g: GroupState) -> int | None:
+    dues = [d for i in g.incidents.values() if (d := i.auto_resolve_due()) is not None]
+    dues += [(i.resolved_at or 0) + RESOLVED_RETENTION_MS for i in g.incidents.values() if not i.is_open]
+    return min(dues) if dues else None

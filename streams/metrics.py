@@ -1,0 +1,59 @@
+"""Prometheus metrics of one worker (own registry, so tests can build several apps in a process)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class LagCollector:
+    """Consumer lag per topic partition, read from the worker's consumer at scrape time."""
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, int, int]]]):
+        self._read = read
+
+    def collect(self) -> Iterable[Any]:
+        g = GaugeMetricFamily("pagerstream_consumer_lag", "Records behind the high-water mark",
+                              labels=["topic", "partition"])
+        try:
+            for topic, partition, lag in self._read():
+                g.add_metric([topic, str(partition)], lag)
+        except Exception:  # a scrape must never fail because the consumer is rebalancing
+            pass
+        yield g
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.records = Counter("pagerstream_stage_records", "Records handled per stage and outcome",
+                               ["stage", "outcome"], registry=r)
+        self.stage_latency = Histogram("pagerstream_stage_latency_seconds", "Processing time per record",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e_latency = Histogram("pagerstream_end_to_end_latency_seconds",
+                                     "From ingress receipt to the PagerDuty answer", buckets=LATENCY_BUCKETS,
+                                     registry=r)
+        self.dead_letters = Counter("pagerstream_dead_letters", "Records sent to a dead-letter topic",
+                                    ["stage"], registry=r)
+        self.pd_requests = Counter("pagerstream_pagerduty_requests", "Events API calls by outcome",
+                                   ["outcome", "status"], registry=r)
+        self.pd_parked = Counter("pagerstream_pagerduty_parked", "Events moved to the retry topic", ["reason"],
+                                 registry=r)
+        self.breaker = Gauge("pagerstream_pagerduty_breaker_open",
+                             "Circuit breaker per routing key (0 closed, 1 half-open, 2 open)",
+                             ["routing_key_hint"], registry=r)
+        self.rate_wait = Histogram("pagerstream_pagerduty_rate_wait_seconds", "Time waited for a token",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.ingress = Counter("pagerstream_ingress_requests", "HTTP ingress requests", ["source", "status"],
+                               registry=r)
+        self.incidents_open = Gauge("pagerstream_incidents_open_local",
+                                    "Open incidents on this worker's partitions", registry=r)
+        self.catalog_services = Gauge("pagerstream_catalog_services", "Services in the loaded catalog",
+                                      registry=r)
+
+    def add_lag(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.registry.register(LagCollector(read))  # type: ignore[arg-type]

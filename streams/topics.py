@@ -1,0 +1,81 @@
+"""Every topic pagerstream uses, with partitions, retention and cleanup chosen on purpose.
+
+Keys (DESIGN: keys decide locality):
+- alerts.raw            key = the alert's identity at the source (rk hash:dedup_key, Alertmanager groupKey)
+                        so that the trigger and resolve of one alert stay in order.
+- alerts.normalized     key = group_key: dedup and incident state for a group live on one partition.
+- incidents             key = incident_id.
+- pagerduty.outbox/.retry key = stream_key (rk hash:pd dedup_key): one key's calls stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int  # 0 = the configured partition count
+    retention_ms: int
+    compact: bool = False
+    doc: str = ""
+
+    def config(self) -> dict[str, str]:
+        c = {"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"}
+        if self.compact:
+            c["cleanup.policy"] = "compact"
+            c["min.compaction.lag.ms"] = "60000"
+        else:
+            c["cleanup.policy"] = "delete"
+        return c
+
+
+def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
+    p = prefix
+    specs = [
+        TopicSpec(f"{p}alerts.raw", 0, 7 * DAY_MS, doc="RawAlert: what sources sent, byte for byte"),
+        TopicSpec(f"{p}alerts.normalized", 0, 7 * DAY_MS, doc="Alert: normalized + enriched, keyed by group_key"),
+        TopicSpec(f"{p}incidents", 0, 30 * DAY_MS, doc="IncidentEvent: every incident change with its reason"),
+        TopicSpec(f"{p}pagerduty.outbox", 0, 7 * DAY_MS, doc="PagerDutyEvent: calls to make, keyed by stream_key"),
+        TopicSpec(f"{p}pagerduty.retry", 0, 7 * DAY_MS, doc="PagerDutyEvent: calls waiting for PagerDuty"),
+        TopicSpec(f"{p}pagerduty.dead-letter", 0, 30 * DAY_MS, doc="DeadLetter: calls PagerDuty refused for good"),
+        TopicSpec(f"{p}alerts.dead-letter", 0, 30 * DAY_MS, doc="DeadLetter: records a stage could not process"),
+        # Compacted and single-partition: every worker reads all of it; -1 keeps the latest per service forever.
+        TopicSpec(f"{p}pagerstream.catalog", 1, -1, compact=True, doc="ServiceEntry: the services catalog"),
+    ]
+    return {s.name.removeprefix(p): s for s in specs}
+
+
+async def create_topics(bootstrap: str, prefix: str, partitions: int, replication: int) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(s.name, s.partitions or partitions, replication, topic_configs=s.config())
+            for s in topic_specs(prefix).values()
+            if s.name not in existing
+        ]
+        created: list[str] = []
+        for t in new:  # one by one so one existing topic (race with another worker) does not fail all
+            try:
+                await admin.create_topics([t])
+                created.append(t.name)
+            except TopicAlreadyExistsError:
+                pass
+        # Wait until metadata shows them, so producers started right after do not race.
+        for _ in range(50):
+            if set(created) <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+        return created
+    finally:
+        await admin.close()
