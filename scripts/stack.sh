@@ -44,7 +44,11 @@ die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 # redis-cli reads the password from the environment, which keeps it off the command line.
 rcli() { REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+# A zombie counts as dead: init on some machines reaps exited daemons only after a second or two.
+pid_alive() {
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+  [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
 
 # Pid from a pid file, only if that process is still alive and its command line contains $2.
 live_pid() {
@@ -206,8 +210,10 @@ deadline = time.monotonic() + timeout
 while time.monotonic() < deadline:
     if pid:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    sys.exit(3)  # JVM exited, not yet reaped
+        except FileNotFoundError:
             sys.exit(3)  # JVM exited
     if asyncio.run(probe()):
         sys.exit(0)
@@ -266,15 +272,18 @@ kafka_launch_once() {
 }
 
 kafka_start() {
-  local pid attempt
+  local pid attempt rc=0
+  "$PYTHON" -c 'import aiokafka' 2>/dev/null ||
+    die "readiness check needs aiokafka in $PYTHON (pip install -e '.[test]' first, or set PYTHON)"
   if [[ "${STACK_FRESH:-0}" == 1 ]]; then
     kafka_stop
     log "kafka: STACK_FRESH=1, wiping .stack/kafka/data"
     rm -rf "$KAFKA_DATA"
   elif pid="$(kafka_pid)"; then
-    if kafka_wait_ready 10 "$pid"; then log "kafka: already running (pid $pid)"; return 0; fi
-    log "kafka: pid $pid is not answering, restarting it"
-    kafka_stop
+    kafka_wait_ready 10 "$pid" || rc=$?
+    [[ $rc == 0 ]] && { log "kafka: already running (pid $pid)"; return 0; }
+    # Not ours to guess: maybe other ports, maybe hung. Let the user stop it.
+    [[ $rc == 3 ]] || die "kafka: ours (pid $pid) runs but does not answer on $KAFKA_BOOTSTRAP; run scripts/stack.sh stop first"
   fi
   rm -f "$KAFKA_PID"
   if port_open "$KAFKA_PORT"; then
@@ -312,7 +321,10 @@ redis_start() {
   if [[ "${STACK_FRESH:-0}" == 1 ]] && redis_pid >/dev/null; then
     redis_stop; rm -rf "$REDIS_HOME"
   fi
-  if pid="$(redis_pid)" && redis_up; then log "redis: already running (pid $pid)"; return 0; fi
+  if pid="$(redis_pid)"; then
+    if redis_up; then log "redis: already running (pid $pid)"; return 0; fi
+    die "redis: ours (pid $pid) runs but does not answer on 127.0.0.1:$REDIS_PORT; run scripts/stack.sh stop first"
+  fi
   if port_open "$REDIS_PORT"; then
     if redis_up; then
       log "redis: a Redis not started by this script already answers on 127.0.0.1:$REDIS_PORT, reusing it"
@@ -336,10 +348,13 @@ logfile $REDIS_HOME/redis.log
 save ""
 appendonly no
 EOF
-    [[ -n "$REDIS_PASSWORD" ]] && printf 'requirepass "%s"\n' "$REDIS_PASSWORD" >>"$REDIS_CONF"
-    true
+    if [[ -n "$REDIS_PASSWORD" ]]; then
+      local pw=${REDIS_PASSWORD//\\/\\\\}  # escape \ and " for redis.conf's quoted strings
+      printf 'requirepass "%s"\n' "${pw//\"/\\\"}" >>"$REDIS_CONF"
+    fi
   )
-  setsid redis-server "$REDIS_CONF" </dev/null >/dev/null
+  setsid redis-server "$REDIS_CONF" </dev/null >/dev/null ||
+    die "redis: redis-server refused to start (see above and .stack/redis/redis.log)"
   for _ in $(seq 100); do redis_up && break; sleep 0.1; done
   redis_up || { tail -n 20 "$REDIS_HOME/redis.log" >&2 || true; die "redis: did not answer PING within 10 s"; }
   log "redis: ready on 127.0.0.1:$REDIS_PORT (pid $(redis_pid || echo '?'))"
@@ -349,7 +364,10 @@ redis_stop() {
   local pid i
   if pid="$(redis_pid)"; then
     log "redis: stopping (pid $pid)"
-    rcli shutdown nosave >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+    # A refused SHUTDOWN (e.g. NOAUTH without REDIS_PASSWORD) still exits 0, so look at the reply.
+    if rcli shutdown nosave 2>&1 | grep -qE 'NOAUTH|WRONGPASS|ERR|Could not connect'; then
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
     for ((i = 0; i < 100; i++)); do pid_alive "$pid" || break; sleep 0.1; done
     pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
     log "redis: stopped"
@@ -375,7 +393,7 @@ cmd_stop() { kafka_stop; redis_stop; }
 
 cmd_status() {
   local ok=0 pid
-  if kafka_wait_ready 5 0; then
+  if port_open "$KAFKA_PORT" && kafka_wait_ready 5 0; then
     if pid="$(kafka_pid)"; then log "kafka: up on $KAFKA_BOOTSTRAP (pid $pid)"
     else log "kafka: up on $KAFKA_BOOTSTRAP (not started by this script)"; fi
   else

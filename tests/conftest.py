@@ -1,0 +1,83 @@
+"""Shared fixtures. Integration fixtures start real processes: Kafka and Redis (scripts/stack.sh),
+the PagerDuty sandbox, pagerstream workers and Alertmanager, all on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pagerstream.localrun import Sandbox, Worker, start_sandbox, start_worker, worker_env
+
+ROUTING_KEY = "TESTROUTINGKEY00000000000000000A"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def stack() -> None:
+    from tests.stack import ensure_stack
+
+    ensure_stack()
+
+
+@pytest.fixture(scope="session")
+def logdir() -> Path:
+    d = Path(os.environ.get("PAGERSTREAM_TEST_LOGS") or tempfile.mkdtemp(prefix="pagerstream-test-"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def sandbox(stack, logdir) -> Sandbox:
+    sb = start_sandbox(logdir)
+    yield sb
+    sb.proc.stop()
+
+
+class WorkerFactory:
+    """Start isolated workers: each call gets its own topics (prefix), app id and data dir unless
+    asked to reuse those of an earlier one (restart)."""
+
+    def __init__(self, logdir: Path, sandbox: Sandbox) -> None:
+        self.logdir = logdir
+        self.sandbox = sandbox
+        self.workers: list[Worker] = []
+        self.dirs: list[Path] = []
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        run = uuid.uuid4().hex[:8]
+        d = Path(tempfile.mkdtemp(prefix=f"ps-{run}-", dir=self.logdir))
+        self.dirs.append(d)
+        return worker_env(app_id=f"ps-test-{run}", prefix=f"t{run}.", datadir=d / "data",
+                          events_url=self.sandbox.url, extra=extra)
+
+    def start(self, env: dict[str, str], **kw) -> Worker:
+        w = start_worker(env, self.logdir, catalog=kw.pop("catalog", str(FIXTURES / "catalog.example.yaml")),
+                         name=kw.pop("name", env["PAGERSTREAM_APP_ID"]), **kw)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.proc.stop()
+
+
+@pytest.fixture
+def workers(stack, logdir, sandbox):
+    f = WorkerFactory(logdir, sandbox)
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="session")
+def shared_worker(stack, logdir, sandbox):
+    """One worker for the tests that only send traffic (unique dedup keys keep them apart)."""
+    f = WorkerFactory(logdir, sandbox)
+    env = f.env({"PAGERSTREAM_PD_RATE": "200", "PAGERSTREAM_PD_BURST": "50"})
+    w = f.start(env)
+    yield w
+    f.close()
