@@ -55,8 +55,7 @@ def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics
     from pagerstream.streams.app import Pipeline, RuntimeOptions
 
     pipeline = Pipeline(s, RuntimeOptions(web_port=web_port, web_host=web_host, session_timeout_s=session_timeout))
-    faust.Worker(pipeline.app, loglevel=loglevel, web_port=web_port, web_host=web_host,
-                 web_bind=web_host).execute_from_commandline()
+    faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
 
 
 async def _create_topics(s: Settings) -> list[str]:

@@ -82,7 +82,8 @@ class Sandbox:
     url: str
 
     def state(self, what: str = "requests", **params: str) -> object:
-        return httpx.get(f"{self.url}/sandbox/{what}", params=params, timeout=5).json()
+        j = httpx.get(f"{self.url}/sandbox/{what}", params=params, timeout=5).json()
+        return j["requests"] if what == "requests" and isinstance(j, dict) else j
 
     def faults(self, body: dict) -> None:
         httpx.post(f"{self.url}/sandbox/faults", json=body, timeout=5).raise_for_status()

@@ -83,6 +83,8 @@ class Pipeline:
         self.forwarder: Forwarder | None = None
         self._deadlines: dict[int, list[tuple[int, str]]] = {}
         self._scanned: set[int] = set()
+        self._specs: dict[str, Any] = {}
+        self._specs_version = ""
         self.app = self._build_app()
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -147,13 +149,14 @@ class Pipeline:
         self.retry_topic = topic(n["pagerduty.retry"])
         self.alert_dlq = topic(n["alerts.dead-letter"])
         self.pd_dlq = topic(n["pagerduty.dead-letter"])
+        table_schema = faust.Schema(key_type=bytes, value_type=None, key_serializer="raw", value_serializer="json")
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
-        self.groups = app.Table("groups", default=None, value_serializer="json", key_serializer="raw",
-                                partitions=s.partitions, options=rocks)
-        self.delivered = app.Table("pd-delivered", default=None, value_serializer="json", key_serializer="raw",
+        self.groups = app.Table("groups", default=None, schema=table_schema, partitions=s.partitions,
+                                options=rocks)
+        self.delivered = app.Table("pd-delivered", default=None, schema=table_schema,
                                    partitions=s.partitions, options=rocks)
-        self.parked = app.Table("pd-parked", default=None, value_serializer="json", key_serializer="raw",
-                                partitions=s.partitions, options=rocks)
+        self.parked = app.Table("pd-parked", default=None, schema=table_schema, partitions=s.partitions,
+                                options=rocks)
 
         app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
         app.agent(self.normalized_topic, name="incidents", concurrency=1)(self._agent_incidents)
@@ -247,10 +250,13 @@ class Pipeline:
             yield None
 
     def _grouping_for(self, a: Alert) -> Grouping:
-        spec = self.catalog.current.service(a.service) if a.service else None
-        if spec is None:
-            return Grouping(auto_resolve_ms=self.catalog.current.default_auto_resolve_ms)
-        return Grouping(mode=spec.grouping.mode, window_ms=spec.grouping.window_seconds * 1000,
+        cat = self.catalog.current
+        if self._specs_version != cat.version:
+            self._specs = {s.name: s for s in cat.services}
+            self._specs_version = cat.version
+        spec = self._specs.get(a.service or "") or cat.defaults
+        window = spec.grouping.window_seconds * 1000 if spec.grouping.mode != "none" else 0
+        return Grouping(mode=spec.grouping.mode, window_ms=window,  # type: ignore[arg-type]
                         auto_resolve_ms=spec.auto_resolve_seconds * 1000)
 
     async def _on_tick(self, partition: int, now: int, offset: int) -> None:
@@ -334,7 +340,9 @@ class Pipeline:
     def _pd_body(self, o: IncidentChangeOut) -> str:
         inc, a = o.incident, o.alert
         if o.pd_action != "trigger" or a is None:
-            built = build_event(action=o.pd_action, routing_key=inc.routing_key, dedup_key=inc.pd_dedup_key)
+            built = build_event(action=o.pd_action or "resolve", routing_key=inc.routing_key,
+                                dedup_key=inc.pd_dedup_key, summary="", severity="info", origin="",
+                                custom_details=None, links=(), images=())
             return encode_body(built.body)
         try:
             details = json.loads(a.custom_details_json or "{}")

@@ -20,6 +20,13 @@ from pagerstream.schemas import AvroCodec, DecodeError
 log = logging.getLogger("pagerstream.catalog")
 
 
+async def _behind(c: AIOKafkaConsumer, tps: list[TopicPartition], end: dict) -> bool:
+    for tp in tps:
+        if await c.position(tp) < end[tp]:
+            return True
+    return False
+
+
 class CatalogView:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
@@ -40,7 +47,7 @@ class CatalogView:
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
-        while any((await c.position(tp)) < end[tp] for tp in tps):
+        while await _behind(c, tps, end):
             batch = await c.getmany(timeout_ms=500)
             for msgs in batch.values():
                 for m in msgs:
@@ -96,7 +103,7 @@ async def publish_catalog(bootstrap: str, topic: str, catalog: Catalog) -> dict[
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        while any((await consumer.position(tp)) < end[tp] for tp in tps):
+        while await _behind(consumer, tps, end):
             for msgs in (await consumer.getmany(timeout_ms=500)).values():
                 for m in msgs:
                     name = (m.key or b"").decode()

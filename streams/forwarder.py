@@ -117,7 +117,7 @@ class Forwarder:
             self.breakers[rk] = st
             self._breaker_gauge(rk, st)
             if not allowed:
-                return Attempt("retry", None, "circuit breaker open", st.opened_at_ms + self.open_ms)
+                return Attempt("retry", None, "circuit breaker open", st.open_until_ms)
             wait_ms = await self.limiter.take(rk)
             while wait_ms > 0:
                 if time.monotonic() + wait_ms / 1000 > deadline:
@@ -141,7 +141,7 @@ class Forwarder:
             self.metrics.pd_requests.labels(outcome.kind, str(status or "none")).inc()
             now_ms = int(time.time() * 1000)
             st = delivery.breaker_on_result(self.breakers.get(rk) or delivery.BreakerState(),
-                                            outcome.kind != "retry" or status == 429, now_ms,
+                                            not outcome.breaker_failure, now_ms,
                                             failure_threshold=self.failure_threshold, open_ms=self.open_ms)
             self.breakers[rk] = st
             self._breaker_gauge(rk, st)

@@ -228,6 +228,8 @@ def normalize_generic(
             selected = mapping._items(body=obj)
         except Exception as e:
             raise InvalidInput([f"items: {type(e).__name__}: {e}"]) from e
+        if isinstance(selected, jinja2.Undefined):
+            raise InvalidInput([f"items: {mapping.items!r} selects nothing in this body"])
         if not isinstance(selected, list):
             raise InvalidInput([f"items: expected a list, got {type(selected).__name__}"])
         if len(selected) > MAX_ITEMS:
