@@ -26,11 +26,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float, ok=(200,)) -> bool:
+def wait_http(url: str, timeout: float, ok=(200,), verify: bool | str = True) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=1.0).status_code in ok:
+            if httpx.get(url, timeout=1.0, verify=verify).status_code in ok:
                 return True
         except httpx.HTTPError:
             pass
@@ -126,19 +126,22 @@ def worker_env(*, app_id: str, prefix: str, datadir: Path, events_url: str | Non
 
 
 def start_worker(env: dict[str, str], log_dir: Path, *, port: int | None = None, catalog: str | None = None,
-                 session_timeout: float = 10.0, name: str = "worker", ready_timeout: float = 90.0) -> Worker:
+                 session_timeout: float = 10.0, name: str = "worker", ready_timeout: float = 90.0,
+                 tls: tuple[str, str] | None = None) -> Worker:
     port = port or free_port()
     args = [sys.executable, "-m", "pagerstream.cli", "worker", "--web-port", str(port),
             "--session-timeout", str(session_timeout), "--loglevel", "warning"]
+    if tls:
+        args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     if catalog:
         args += ["--catalog", catalog]
     proc = start(name, args, env, log_dir)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             raise RuntimeError(f"{name} exited:\n" + proc.log_tail())
-        if wait_http(url + "/readyz", 1.0):
+        if wait_http(url + "/readyz", 1.0, verify=tls[0] if tls else True):
             return Worker(proc, url, env)
     proc.stop()
     raise RuntimeError(f"{name} not ready after {ready_timeout}s:\n" + proc.log_tail())

@@ -1,24 +1,12 @@
 """The services catalog: which service (team, tier, runbook, routing key) an alert belongs to.
 
-File format (YAML), checked by a JSON Schema and then by meaning; every problem is reported at once
-as CatalogError(file, path, reason):
-
-    version: 1
-    defaults: {dedup: {window_seconds: 0}, grouping: {mode: none, window_seconds: 300, fields: []},
-               auto_resolve_seconds: 0}
-    redact: [labels.email, custom_details.password]    # applied to every alert
-    sources: {mymon: {<generic JSON mapping, see normalize/generic.py>}}
-    services:
-      - name: checkout              # letters, digits, . _ - ; unique
-        team: payments
-        tier: 1                     # an integer 0 (most critical) .. 4
-        runbook_url: https://runbooks.example.com/checkout
-        routing_key: <32 chars>     # optional: forward this service's alerts with this key
-        matchers: [{labels: {service: checkout}}, {source: "^checkout-.*"}]
-        grouping: {mode: fields, fields: [labels.alertname]}   # merged over defaults.grouping
-        dedup: {window_seconds: 60}
-        auto_resolve_seconds: 14400
-        redact: [labels.customer]
+A YAML file (full example: tests/fixtures/catalog.example.yaml) with `version: 1`, optional
+`defaults` (dedup, grouping, auto_resolve_seconds), `redact` (field paths redacted on every alert),
+`sources` (named generic JSON mappings, see normalize/generic.py) and `services`: name (unique;
+letters, digits, . _ -), team, tier (an integer 0 = most critical .. 4), runbook_url (http/https),
+routing_key (optional, 32 characters: forward the service's alerts with it), matchers, grouping
+(merged over defaults.grouping), dedup, auto_resolve_seconds, redact. It is checked by a JSON Schema
+and then by meaning; every problem is reported at once as CatalogError(file, path, reason).
 
 Words: the catalog speaks PagerDuty's language. `source` is PagerDuty's payload.source, the affected
 host (Alert.origin); `input` is the tool the alert came through (Alert.source, e.g. "alertmanager").
@@ -40,7 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import jsonschema
@@ -113,7 +101,7 @@ class FieldPath:
         return ".".join((self.root, *self.keys))
 
     @classmethod
-    def parse(cls, text: str, *, grouping: bool = False) -> "FieldPath | str":
+    def parse(cls, text: str, *, grouping: bool = False) -> FieldPath | str:
         """The path, or the reason it is not one."""
         parts = text.split(".")
         if any(not p or p != p.strip() for p in parts):
@@ -127,6 +115,14 @@ class FieldPath:
         return (f"unknown field path {text!r} (expected labels.<name>, custom_details.<key>... "
                 f"or one of {', '.join(scalars)})")  # fmt: skip
 
+    @classmethod
+    def of(cls, text: str, *, grouping: bool = False) -> FieldPath:
+        """The path of an already checked text."""
+        parsed = cls.parse(text, grouping=grouping)
+        if isinstance(parsed, str):
+            raise ValueError(parsed)  # noqa: TRY004 - a bad value, not a bad type
+        return parsed
+
 
 @dataclass(frozen=True)
 class ValueRule:
@@ -136,7 +132,7 @@ class ValueRule:
     regex: re.Pattern[str] | None = None
 
     @classmethod
-    def of(cls, text: str) -> "ValueRule":
+    def of(cls, text: str) -> ValueRule:
         return cls(text, re.compile(text) if text.startswith("^") else None)
 
     def matches(self, value: str | None) -> bool:
@@ -150,10 +146,11 @@ class Matcher:
     labels: tuple[tuple[str, ValueRule], ...] = ()
     conditions: tuple[tuple[str, ValueRule], ...] = ()  # (catalog word, rule) for alert fields
 
-    _FIELDS = {"source": "origin", "routing_key": "routing_key", "component": "component", "input": "source"}
+    _FIELDS: ClassVar[dict[str, str]] = {
+        "source": "origin", "routing_key": "routing_key", "component": "component", "input": "source"}  # fmt: skip
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Matcher":
+    def from_dict(cls, d: Mapping[str, Any]) -> Matcher:
         labels = tuple((k, ValueRule.of(v)) for k, v in (d.get("labels") or {}).items())
         return cls(labels, tuple((k, ValueRule.of(d[k])) for k in cls._FIELDS if k in d))
 
@@ -174,7 +171,11 @@ class Grouping:
     fields: tuple[FieldPath, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "window_seconds": self.window_seconds, "fields": [f.text for f in self.fields]}
+        return {
+            "mode": self.mode,
+            "window_seconds": self.window_seconds,
+            "fields": [f.text for f in self.fields],
+        }
 
 
 @dataclass(frozen=True)
@@ -240,19 +241,23 @@ class Catalog:
         return [head] + [
             {"name": s.name, "kind": "service", "position": i, "catalog_version": self.version, "spec": s.to_dict()}
             for i, s in enumerate(self.services)
-        ]
+        ]  # fmt: skip
 
     @classmethod
-    def from_entries(cls, entries: Iterable[Mapping[str, Any]]) -> "Catalog":
+    def from_entries(cls, entries: Iterable[Mapping[str, Any]]) -> Catalog:
         """Rebuild (and re-check) a catalog from published entries."""
         entries = list(entries)
         head = next((e.get("spec") or {} for e in entries if e.get("kind") == "catalog"), {})
-        services = sorted((e for e in entries if e.get("kind") == "service"), key=lambda e: e.get("position", 0))
+        services = sorted(
+            (e for e in entries if e.get("kind") == "service"), key=lambda e: e.get("position", 0)
+        )
         doc = {"version": 1, "services": [e.get("spec") for e in services]}
         doc |= {k: head[k] for k in ("defaults", "redact", "sources") if k in head}
         versions = {e.get("catalog_version") for e in entries}
         version = versions.pop() if len(versions) == 1 else None
-        return _build(doc, file="<entries>", version=str(version or _sha256(repr(sorted(map(repr, entries))))))
+        return _build(
+            doc, file="<entries>", version=str(version or _sha256(repr(sorted(map(repr, entries)))))
+        )
 
 
 def _sha256(text: str) -> str:
@@ -275,12 +280,12 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 where = f"line {key_node.start_mark.line + 1}"
                 self.duplicates.append((where, f"duplicate key {key!r}"))
             seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
-        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep)
 
 
 def _path(parts: Iterable[Any]) -> str:
@@ -291,16 +296,17 @@ def _path(parts: Iterable[Any]) -> str:
 
 
 def parse_catalog(text: str, *, file: str = "<string>") -> Catalog:
-    loader = _Loader(text)
-    loader.duplicates = []
     try:
-        doc = loader.get_single_data()
+        loader = _Loader(text)  # the reader already rejects some characters
+        loader.duplicates = []
+        try:
+            doc = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else CatalogError.ROOT
         raise CatalogError(file, where, f"YAML syntax error: {getattr(e, 'problem', None) or e}") from e
-    finally:
-        loader.dispose()
     if loader.duplicates:
         raise CatalogError(file, problems=loader.duplicates)
     return _build(doc, file=file, version=_sha256(text))
@@ -314,43 +320,49 @@ def load_catalog(path: str | Path) -> Catalog:
 # ---- checking and building -------------------------------------------------------------
 
 
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _check(doc: Any, file: str) -> list[tuple[str, str]]:
     """Every schema and semantic problem; the semantic checks look only at well-typed parts."""
     if doc is None:
         return [(CatalogError.ROOT, "the catalog is empty (expected version: 1 and services: [...])")]
     validator = jsonschema.Draft202012Validator(SCHEMA)
     problems = [(_path(e.absolute_path), e.message) for e in validator.iter_errors(doc)]
-    if not isinstance(doc, dict):
-        return problems
+    doc = _dict(doc)
     problems += _check_paths(doc.get("redact"), "redact", grouping=False)
-    defaults = doc.get("defaults") if isinstance(doc.get("defaults"), dict) else {}
-    base_grouping = defaults.get("grouping") if isinstance(defaults.get("grouping"), dict) else {}
+    base_grouping = _dict(_dict(doc.get("defaults")).get("grouping"))
     problems += _check_grouping(base_grouping, {}, "defaults.grouping")
-    sources = doc.get("sources")
-    for name, mapping in (sources.items() if isinstance(sources, dict) else ()):
+    for name, mapping in _dict(doc.get("sources")).items():
         if isinstance(mapping, dict):
             try:
                 GenericMapping.from_dict(mapping, where=f"sources.{name}", name=str(name), file=file)
             except CatalogError as e:
                 problems += e.problems
-    services = doc.get("services") if isinstance(doc.get("services"), list) else []
     first_seen: dict[str, int] = {}
-    for i, svc in enumerate(services):
+    for i, svc in enumerate(_list(doc.get("services"))):
         if not isinstance(svc, dict):
             continue
         where = f"services[{i}]"
-        name = svc.get("name")
-        if isinstance(name, str):
-            if name in first_seen:
-                problems.append((f"{where}.name", f"duplicate service name {name!r} (first at services[{first_seen[name]}])"))
-            first_seen.setdefault(name, i)
+        svc_name = svc.get("name")
+        if isinstance(svc_name, str) and svc_name in first_seen:
+            reason = f"duplicate service name {svc_name!r} (first at services[{first_seen[svc_name]}])"
+            problems.append((f"{where}.name", reason))
+        if isinstance(svc_name, str):
+            first_seen.setdefault(svc_name, i)
         problems += _check_routing_key(svc.get("routing_key"), f"{where}.routing_key")
         url = svc.get("runbook_url")
-        if isinstance(url, str) and (urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc):
+        if isinstance(url, str) and (
+            urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc
+        ):
             problems.append((f"{where}.runbook_url", f"expected an http(s) URL, got {url[:80]!r}"))
-        for j, m in enumerate(svc.get("matchers") if isinstance(svc.get("matchers"), list) else []):
-            if isinstance(m, dict):
-                problems += _check_matcher(m, f"{where}.matchers[{j}]")
+        for j, m in enumerate(_list(svc.get("matchers"))):
+            problems += _check_matcher(_dict(m), f"{where}.matchers[{j}]")
         if isinstance(svc.get("grouping"), dict):
             problems += _check_grouping(svc["grouping"], base_grouping, f"{where}.grouping")
         problems += _check_paths(svc.get("redact"), f"{where}.redact", grouping=False)
@@ -365,8 +377,7 @@ def _check_routing_key(value: object, where: str) -> list[tuple[str, str]]:
 
 def _check_matcher(m: Mapping[str, Any], where: str) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
-    values = [(f"{where}.labels.{k}", v) for k, v in (m.get("labels") or {}).items()] if isinstance(
-        m.get("labels"), dict) else []  # fmt: skip
+    values = [(f"{where}.labels.{k}", v) for k, v in _dict(m.get("labels")).items()]
     values += [(f"{where}.{k}", m[k]) for k in ("source", "routing_key", "component", "input") if k in m]
     for path, value in values:
         if isinstance(value, str) and value.startswith("^"):
@@ -400,7 +411,7 @@ def _build_grouping(g: Mapping[str, Any], base: Grouping) -> Grouping:
     return Grouping(
         mode=g.get("mode", base.mode),
         window_seconds=int(g.get("window_seconds", base.window_seconds)),
-        fields=base.fields if fields is None else tuple(FieldPath.parse(f, grouping=True) for f in fields),  # type: ignore[misc]
+        fields=base.fields if fields is None else tuple(FieldPath.of(f, grouping=True) for f in fields),
     )
 
 
@@ -425,13 +436,15 @@ def _build(doc: Any, *, file: str, version: str) -> Catalog:
             runbook_url=s.get("runbook_url"),
             routing_key=s.get("routing_key"),
             grouping=_build_grouping(s.get("grouping") or {}, defaults.grouping),
-            dedup_window_seconds=int((s.get("dedup") or {}).get("window_seconds", defaults.dedup_window_seconds)),
+            dedup_window_seconds=int(
+                (s.get("dedup") or {}).get("window_seconds", defaults.dedup_window_seconds)
+            ),
             auto_resolve_seconds=int(s.get("auto_resolve_seconds", defaults.auto_resolve_seconds)),
-            redact=tuple(FieldPath.parse(p) for p in s.get("redact") or ()),  # type: ignore[misc]
+            redact=tuple(FieldPath.of(p) for p in s.get("redact") or ()),
         )
         for s in doc["services"]
     )
     sources = {str(k): GenericMapping.from_dict(v, where=f"sources.{k}", name=str(k), file=file)
                for k, v in (doc.get("sources") or {}).items()}  # fmt: skip
-    redact = tuple(FieldPath.parse(p) for p in doc.get("redact") or ())
-    return Catalog(services, redact, sources, version, defaults)  # type: ignore[arg-type]
+    redact = tuple(FieldPath.of(p) for p in doc.get("redact") or ())
+    return Catalog(services, redact, sources, version, defaults)

@@ -84,10 +84,14 @@ def breaker_allows(state: BreakerState, now_ms: int) -> tuple[bool, BreakerState
     if state.status == "open":
         if now_ms < state.open_until_ms:
             return False, state
-        return True, replace(state, status="half_open", trial_started_ms=now_ms, reason="half-open: one trial request")
+        return True, replace(
+            state, status="half_open", trial_started_ms=now_ms, reason="half-open: one trial request"
+        )
     if state.trial_started_ms is not None and now_ms - state.trial_started_ms < state.open_ms:
         return False, state
-    return True, replace(state, trial_started_ms=now_ms, reason="half-open: earlier trial got no result; new trial")
+    return True, replace(
+        state, trial_started_ms=now_ms, reason="half-open: earlier trial got no result; new trial"
+    )
 
 
 def breaker_on_result(
@@ -104,39 +108,46 @@ def breaker_on_result(
         return state if state.failures == 0 else BreakerState(reason="closed: success after failures")
     failures = state.failures + 1
     if failures >= failure_threshold:
-        return BreakerState("open", failures, now_ms + open_ms, open_ms, None, f"opened after {failures} consecutive failures")
+        return BreakerState(
+            "open", failures, now_ms + open_ms, open_ms, None, f"opened after {failures} consecutive failures"
+        )
     return replace(state, failures=failures, reason=f"closed: {failures} consecutive failure(s)")
 
 
 # ---- token bucket ---------------------------------------------------------------------------
-
-_EPSILON = 1e-9  # float slack so that waiting exactly wait_ms always suffices
 
 
 @dataclass(frozen=True)
 class TokenBucket:
     """`tokens` available at `updated_ms`. The formula (mirrored in Lua):
 
-        elapsed = max(0, now - updated)
-        tokens  = min(burst, tokens + elapsed * rate / 1000); updated = max(now, updated)
-        tokens >= 1 - 1e-9 ? (take one, wait 0) : (wait ceil((1 - tokens) * 1000 / rate))
+    elapsed = max(0, now - updated)
+    tokens  = min(burst, tokens + elapsed * rate / 1000); updated = max(now, updated)
+    tokens >= 1 ? (take one, wait 0) : (wait = the least whole ms w >= 1 with
+                                        tokens + w * rate / 1000 >= 1, in the same float arithmetic)
     """
 
     tokens: float
     updated_ms: int
 
     @classmethod
-    def full(cls, burst: int, now_ms: int) -> "TokenBucket":
+    def full(cls, burst: int, now_ms: int) -> TokenBucket:
         return cls(float(burst), now_ms)
 
-    def take(self, now_ms: int, rate_per_s: float, burst: int) -> tuple[bool, int, "TokenBucket"]:
+    def take(self, now_ms: int, rate_per_s: float, burst: int) -> tuple[bool, int, TokenBucket]:
         """(allowed, milliseconds to wait when not, new bucket)."""
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s must be > 0 and burst >= 1")
         elapsed = max(0, now_ms - self.updated_ms)
         tokens = min(float(burst), self.tokens + elapsed * rate_per_s / 1000.0)
         updated = max(now_ms, self.updated_ms)
-        if tokens >= 1.0 - _EPSILON:
+        if tokens >= 1.0:
             return True, 0, TokenBucket(tokens - 1.0, updated)
+        # ceil() gives the answer up to float rounding; the two loops settle it exactly, so that
+        # waiting `wait` ms always succeeds and waiting one ms less never does.
         wait = max(1, math.ceil((1.0 - tokens) * 1000.0 / rate_per_s))
+        while tokens + wait * rate_per_s / 1000.0 < 1.0:
+            wait += 1
+        while wait > 1 and tokens + (wait - 1) * rate_per_s / 1000.0 >= 1.0:
+            wait -= 1
         return False, wait, TokenBucket(tokens, updated)

@@ -45,15 +45,3 @@ class CatalogError(PagerstreamError):
         self.problems: list[tuple[str, str]] = [(p or self.ROOT, r) for p, r in found]
         self.path, self.reason = self.problems[0]
         super().__init__("\n".join(f"{file}: {p}: {r}" for p, r in self.problems))
-
-    def in_file(self, file: str, prefix: str = "") -> "CatalogError":
-        """The same problems, reported against another file and under a path prefix."""
-        return CatalogError(file, problems=[(_join(prefix, p), r) for p, r in self.problems])
-
-
-def _join(prefix: str, path: str) -> str:
-    if not prefix:
-        return path
-    if path in ("", CatalogError.ROOT):
-        return prefix
-    return prefix + path if path.startswith("[") else f"{prefix}.{path}"

@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .alert import SEVERITIES, Image, Link
@@ -32,7 +32,7 @@ OVERSIZE_DETAILS = {
     "error": "Custom details have been removed because the original event exceeds the maximum size of 512KB"
 }
 ALERT_ACTIONS = ("trigger", "acknowledge", "resolve")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,9 @@ def _links(links: Iterable[Link | Mapping[str, Any]], notes: list[str]) -> list[
 def _images(images: Iterable[Image | Mapping[str, Any]], notes: list[str]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     for x in images:
-        src, href, alt = (x.src, x.href, x.alt) if isinstance(x, Image) else (x.get("src"), x.get("href"), x.get("alt"))
+        src, href, alt = (
+            (x.src, x.href, x.alt) if isinstance(x, Image) else (x.get("src"), x.get("href"), x.get("alt"))
+        )
         if not src:
             notes.append("dropped an image without src")
             continue
@@ -166,7 +168,10 @@ def build_event(
     notes: list[str] = []
     original_key = None
     if len(dedup_key) > MAX_DEDUP_KEY:
-        original_key, dedup_key = dedup_key, hashlib.sha256(dedup_key.encode("utf-8", "surrogatepass")).hexdigest()
+        original_key, dedup_key = (
+            dedup_key,
+            hashlib.sha256(dedup_key.encode("utf-8", "surrogatepass")).hexdigest(),
+        )
         notes.append(f"dedup_key of {len(original_key)} characters sent as its sha256")
     body: dict[str, Any] = {"routing_key": routing_key, "event_action": action, "dedup_key": dedup_key}
     if action != "trigger":

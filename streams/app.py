@@ -41,7 +41,7 @@ from pagerstream.streams.metrics import Metrics
 from pagerstream.streams.topics import topic_specs
 
 log = logging.getLogger("pagerstream")
-SEQ_SLOTS = 8  # PagerDuty seq = source offset * SEQ_SLOTS + output index: monotonic, replay-stable
+SEQ_SLOTS = 8  # PagerDuty seq = (source offset + 1) * SEQ_SLOTS + output index: > 0, monotonic, replay-stable
 
 
 @dataclass
@@ -52,6 +52,8 @@ class RuntimeOptions:
     tick_interval_s: float = 5.0
     commit_interval_s: float = 1.0
     enable_forwarder: bool = True
+    tls_cert: str | None = None  # serve the ingress over HTTPS (PagerDuty clients insist on https)
+    tls_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,6 +139,9 @@ class Pipeline:
             autodiscover=False,
             stream_wait_empty=False,
             logging_config=None,
+            key_serializer="raw",
+            value_serializer="json",
+            web_ssl_context=_ssl_context(o.tls_cert, o.tls_key),
         )
         app.pipeline = self
         n = self.topic_names
@@ -149,13 +154,11 @@ class Pipeline:
         self.retry_topic = topic(n["pagerduty.retry"])
         self.alert_dlq = topic(n["alerts.dead-letter"])
         self.pd_dlq = topic(n["pagerduty.dead-letter"])
-        table_schema = faust.Schema(key_type=bytes, value_type=None, key_serializer="raw", value_serializer="json")
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
-        self.groups = app.Table("groups", default=None, schema=table_schema, partitions=s.partitions,
+        self.groups = app.Table("groups", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
-        self.delivered = app.Table("pd-delivered", default=None, schema=table_schema,
-                                   partitions=s.partitions, options=rocks)
-        self.parked = app.Table("pd-parked", default=None, schema=table_schema, partitions=s.partitions,
+        self.delivered = app.Table("pd-delivered", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
+        self.parked = app.Table("pd-parked", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
 
         app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
@@ -197,13 +200,18 @@ class Pipeline:
                 log.exception("normalize failed")
                 await self._dead_letter("normalize", f"internal error: {e}"[:2000], e, msg)
                 continue
-            for a in alerts:
-                en = enrich(a, cat).alert
-                if not en.routing_key:
-                    await self._dead_letter("enrich", "no routing key for alert " + a.dedup_key[:64], None, msg)
-                    continue
-                await self.normalized_topic.send(key=en.group_key.encode(),
-                                                 value=self.codecs["alert"].encode(en.to_record()))
+            try:
+                for a in alerts:
+                    en = enrich(a, cat).alert
+                    if not en.routing_key:
+                        await self._dead_letter("enrich", "no routing key for alert " + a.dedup_key[:64], None, msg)
+                        continue
+                    await self.normalized_topic.send(key=en.group_key.encode(),
+                                                     value=self.codecs["alert"].encode(en.to_record()))
+            except Exception as e:
+                log.exception("enrich failed")
+                await self._dead_letter("enrich", f"internal error: {e}"[:2000], e, msg)
+                continue
             m.records.labels("normalize", "ok").inc()
             m.stage_latency.labels("normalize").observe(time.perf_counter() - t0)
             yield None
@@ -221,8 +229,10 @@ class Pipeline:
                     await self._on_tick(msg.partition, tick["now"], msg.offset)
                     continue
                 a = Alert.from_record(self.codecs["alert"].decode(value))
-            except DecodeError as e:
-                await self._dead_letter("incident", str(e), e, msg)
+            except Exception as e:  # never let one record stop the partition
+                if not isinstance(e, DecodeError):
+                    log.exception("incident stage: tick or decode failed")
+                await self._dead_letter("incident", str(e)[:2000], e, msg)
                 continue
             try:
                 if a.action == "change":
@@ -330,7 +340,7 @@ class Pipeline:
             stream_key = f"{short_hash(inc.routing_key)}:{inc.pd_dedup_key}"
             ev = {
                 "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
-                "stream_key": stream_key, "seq": offset * SEQ_SLOTS + i, "endpoint": "enqueue",
+                "stream_key": stream_key, "seq": (offset + 1) * SEQ_SLOTS + i, "endpoint": "enqueue",
                 "action": o.pd_action, "routing_key": inc.routing_key, "dedup_key": inc.pd_dedup_key,
                 "body_json": body, "created_at": o.alert.received_at if o.alert else int(time.time() * 1000),
                 "attempt": 0, "not_before": 0, "last_error": None,
@@ -375,7 +385,7 @@ class Pipeline:
                              links=[{"href": x.href, **({"text": x.text} if x.text else {})} for x in a.links],
                              timestamp_ms=a.event_time)
         stream_key = f"{short_hash(a.routing_key)}:change"
-        ev = {"event_id": a.id, "incident_id": "", "stream_key": stream_key, "seq": offset * SEQ_SLOTS,
+        ev = {"event_id": a.id, "incident_id": "", "stream_key": stream_key, "seq": (offset + 1) * SEQ_SLOTS,
               "endpoint": "change", "action": "change", "routing_key": a.routing_key, "dedup_key": a.dedup_key,
               "body_json": encode_body(built.body), "created_at": a.received_at, "attempt": 0, "not_before": 0,
               "last_error": None}
@@ -400,7 +410,12 @@ class Pipeline:
             if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
                 await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
                 continue
-            await self._deliver(ev, msg, k, inline=True)
+            try:
+                await self._deliver(ev, msg, k, inline=True)
+            except Exception as e:  # e.g. Kafka or Redis trouble mid-call: park it, never drop it
+                log.exception("forward failed; parking the event")
+                await self._park(dict(ev, last_error=f"internal: {e}"[:500]), "internal error",
+                                 int(time.time() * 1000) + 5000)
             yield None
 
     async def _agent_retry(self, stream: faust.StreamT) -> AsyncIterator[None]:
@@ -429,7 +444,11 @@ class Pipeline:
                 if ev["not_before"] - int(time.time() * 1000) > 0:
                     await self._repark(ev, ev["not_before"])
                     continue
-            await self._deliver(ev, msg, k, inline=False)
+            try:
+                await self._deliver(ev, msg, k, inline=False)
+            except Exception as e:
+                log.exception("retry failed; parking the event again")
+                await self._repark(dict(ev, last_error=f"internal: {e}"[:500]), int(time.time() * 1000) + 5000)
             yield None
 
     async def _deliver(self, ev: dict[str, Any], msg: Any, k: bytes, *, inline: bool) -> None:
@@ -520,6 +539,17 @@ class Pipeline:
             if hw is not None:
                 out.append((tp.topic, tp.partition, max(0, hw - committed)))
         return out
+
+
+def _ssl_context(cert: str | None, key: str | None) -> Any:
+    if not cert:
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def _next_due(g: GroupState) -> int | None:

@@ -22,7 +22,7 @@ SOURCES = ("pagerduty_events_v2", "pagerduty_change_v2", "alertmanager", "grafan
 
 _NO_MAPPINGS: Mapping[str, GenericMapping] = MappingProxyType({})
 
-__all__ = ["GenericMapping", "SOURCES", "normalize", "validate_change", "validate_enqueue"]
+__all__ = ["SOURCES", "GenericMapping", "normalize", "validate_change", "validate_enqueue"]
 
 
 def normalize(
@@ -37,9 +37,13 @@ def normalize(
 ) -> list[Alert]:
     """The Alerts in `body`; ids are f"{raw_id}:{index}". Raises InvalidInput listing every problem."""
     if source == "pagerduty_events_v2":
-        return normalize_enqueue(body, source=source, raw_id=raw_id, received_at_ms=received_at_ms, attributes=attributes)
+        return normalize_enqueue(
+            body, source=source, raw_id=raw_id, received_at_ms=received_at_ms, attributes=attributes
+        )
     if source == "pagerduty_change_v2":
-        return normalize_change(body, source=source, raw_id=raw_id, received_at_ms=received_at_ms, attributes=attributes)
+        return normalize_change(
+            body, source=source, raw_id=raw_id, received_at_ms=received_at_ms, attributes=attributes
+        )
     webhook = {"alertmanager": normalize_alertmanager, "grafana": normalize_grafana}.get(source)
     if webhook is not None:
         return webhook(
@@ -65,4 +69,6 @@ def normalize(
             attributes=attributes,
             default_routing_key=default_routing_key,
         )
-    raise InvalidInput([f"unknown source {source!r} (expected one of: {', '.join(SOURCES)}, generic:<mapping>)"])
+    raise InvalidInput(
+        [f"unknown source {source!r} (expected one of: {', '.join(SOURCES)}, generic:<mapping>)"]
+    )

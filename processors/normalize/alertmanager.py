@@ -84,7 +84,9 @@ def _validate(obj: object, flavor: WebhookFlavor) -> list[str]:
             errors.append(f"'{name}' must be a string")
     alerts = obj.get("alerts")
     if not isinstance(alerts, list):
-        errors.append("'alerts' is missing or not an array" if alerts is None else "'alerts' must be an array")
+        errors.append(
+            "'alerts' is missing or not an array" if alerts is None else "'alerts' must be an array"
+        )
         return errors
     if not alerts:
         errors.append("'alerts' is empty")
@@ -94,12 +96,14 @@ def _validate(obj: object, flavor: WebhookFlavor) -> list[str]:
             errors.append(f"'{where}' must be an object")
             continue
         if a.get("status") not in ("firing", "resolved"):
-            errors.append(f"'{where}.status' must be \"firing\" or \"resolved\"")
+            errors.append(f'\'{where}.status\' must be "firing" or "resolved"')
         labels = a.get("labels")
         if not isinstance(labels, dict):
             errors.append(f"'{where}.labels' is missing or not an object")
         else:
-            errors += [f"'{where}.labels.{k}' must be a string" for k, v in labels.items() if not isinstance(v, str)]
+            errors += [
+                f"'{where}.labels.{k}' must be a string" for k, v in labels.items() if not isinstance(v, str)
+            ]
         if a.get("annotations") is not None and not isinstance(a.get("annotations"), dict):
             errors.append(f"'{where}.annotations' must be an object")
         for name in ("startsAt", "endsAt"):

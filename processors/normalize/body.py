@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # ISO 8601 / RFC 3339 date-times as monitoring tools write them: "Z" or "+hh:mm" or
 # PagerDuty's "+hhmm", any number of fraction digits (Go writes nanoseconds).

@@ -30,7 +30,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..alert import SEVERITIES, Alert, Severity
+from ..alert import SEVERITIES, Action, Alert, Severity
 from ..errors import CatalogError, InvalidInput
 from .body import dump_details, parse_json, parse_timestamp_ms
 
@@ -76,13 +76,15 @@ class GenericMapping:
     @classmethod
     def from_dict(
         cls, d: object, *, where: str, name: str | None = None, file: str = "<mapping>"
-    ) -> "GenericMapping":
+    ) -> GenericMapping:
         """Validate and compile every template now; CatalogError lists every problem under `where`."""
         problems: list[tuple[str, str]] = []
         if not isinstance(d, Mapping):
             raise CatalogError(file, where, "expected a mapping of field name to template")
         known = REQUIRED + OPTIONAL + ("labels", "items")
-        problems += [(str(k), f"unknown field (expected one of: {', '.join(known)})") for k in d if k not in known]
+        problems += [
+            (str(k), f"unknown field (expected one of: {', '.join(known)})") for k in d if k not in known
+        ]
         problems += [(k, "required template is missing") for k in REQUIRED if k not in d]
         compiled: dict[str, jinja2.Template] = {}
         for key in REQUIRED + OPTIONAL:
@@ -119,7 +121,7 @@ class GenericMapping:
         )
 
     @classmethod
-    def from_yaml(cls, text: str, *, name: str, file: str = "<string>") -> "GenericMapping":
+    def from_yaml(cls, text: str, *, name: str, file: str = "<string>") -> GenericMapping:
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -175,7 +177,7 @@ def _one(
     for key, template in mapping._compiled.items():
         try:
             text = _render(template, context)
-        except Exception as e:  # a template may raise anything (UndefinedError, TypeError, ...)
+        except Exception as e:  # noqa: BLE001 - a template may raise anything (UndefinedError, TypeError, ...)
             errors.append(f"{where}{key}: {type(e).__name__}: {e}")
             continue
         if key in REQUIRED and not text:
@@ -186,12 +188,13 @@ def _one(
         try:
             if text := _render(template, context):
                 labels[label] = text
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - as above
             errors.append(f"{where}labels.{label}: {type(e).__name__}: {e}")
     out: dict[str, Any] = {"labels": labels, **values}
-    severity = (values.get("severity") or "").lower()
-    if values.get("severity") and severity not in SEVERITIES:
-        errors.append(f"{where}severity: {values['severity'][:40]!r} is not one of {', '.join(SEVERITIES)}")
+    rendered_severity = values.get("severity") or ""
+    severity = rendered_severity.lower()
+    if rendered_severity and severity not in SEVERITIES:
+        errors.append(f"{where}severity: {rendered_severity[:40]!r} is not one of {', '.join(SEVERITIES)}")
     out["severity"] = severity
     for key in ("resolve_when", "acknowledge_when"):
         try:
@@ -244,7 +247,9 @@ def normalize_generic(
     out: list[Alert] = []
     for i, (item, r) in enumerate(zip(items, rendered)):
         assert r is not None
-        action = "resolve" if r["resolve_when"] else "acknowledge" if r["acknowledge_when"] else "trigger"
+        action: Action = (
+            "resolve" if r["resolve_when"] else "acknowledge" if r["acknowledge_when"] else "trigger"
+        )
         out.append(
             Alert(
                 id=f"{raw_id}:{i}",

@@ -34,7 +34,9 @@ def _check_routing_key(obj: Mapping[str, Any], errors: list[str]) -> None:
         errors.append("Length of 'routing_key' is incorrect (should be 32 characters)")
 
 
-def _check_optional_strings(obj: Mapping[str, Any], names: tuple[str, ...], where: str, errors: list[str]) -> None:
+def _check_optional_strings(
+    obj: Mapping[str, Any], names: tuple[str, ...], where: str, errors: list[str]
+) -> None:
     for name in names:
         if name in obj and not isinstance(obj[name], str):
             errors.append(f"'{where}{name}' must be a string")
@@ -93,7 +95,9 @@ def validate_enqueue(obj: object) -> list[str]:
     payload = obj.get("payload")
     if action == "trigger" or (action not in EVENT_ACTIONS and payload is not None):
         if not isinstance(payload, dict):
-            errors.append("'payload' is missing or blank" if payload is None else "'payload' must be an object")
+            errors.append(
+                "'payload' is missing or blank" if payload is None else "'payload' must be an object"
+            )
         else:
             _check_payload_common(payload, errors)
             for name in ("source", "severity"):
@@ -103,7 +107,9 @@ def validate_enqueue(obj: object) -> list[str]:
                 errors.append("'payload.source' must be a string")
             severity = payload.get("severity")
             if not is_blank(severity) and severity not in SEVERITIES:
-                errors.append("'payload.severity' is invalid (should be one of: critical, error, warning, info)")
+                errors.append(
+                    "'payload.severity' is invalid (should be one of: critical, error, warning, info)"
+                )
             _check_optional_strings(payload, ("component", "group", "class"), "payload.", errors)
     elif payload is not None and not isinstance(payload, dict):
         # acknowledge/resolve: PagerDuty ignores the payload, but it must still be an object
@@ -147,7 +153,12 @@ def _parse(body: bytes, validate: Any) -> dict[str, Any]:
 
 
 def normalize_enqueue(
-    body: bytes, *, raw_id: str, received_at_ms: int, attributes: Mapping[str, str], source: str = SOURCE_ENQUEUE
+    body: bytes,
+    *,
+    raw_id: str,
+    received_at_ms: int,
+    attributes: Mapping[str, str],
+    source: str = SOURCE_ENQUEUE,
 ) -> list[Alert]:
     obj = _parse(body, validate_enqueue)
     action = obj["event_action"]
@@ -157,7 +168,8 @@ def normalize_enqueue(
         dedup_key = attributes.get("dedup_key")
         if is_blank(dedup_key):
             raise InvalidInput(["'dedup_key' is missing and the ingress assigned none"])
-    payload: Mapping[str, Any] = obj.get("payload") if isinstance(obj.get("payload"), dict) else {}
+    given = obj.get("payload")
+    payload: Mapping[str, Any] = given if isinstance(given, dict) else {}
     summary = payload.get("summary")
     severity = payload.get("severity")
     origin = payload.get("source")
@@ -189,7 +201,12 @@ def normalize_enqueue(
 
 
 def normalize_change(
-    body: bytes, *, raw_id: str, received_at_ms: int, attributes: Mapping[str, str], source: str = SOURCE_CHANGE
+    body: bytes,
+    *,
+    raw_id: str,
+    received_at_ms: int,
+    attributes: Mapping[str, str],
+    source: str = SOURCE_CHANGE,
 ) -> list[Alert]:
     obj = _parse(body, validate_change)
     payload: Mapping[str, Any] = obj["payload"]

@@ -89,20 +89,26 @@ def test_not_json_and_oversized_bodies(shared_worker):
     assert r.status_code == 400 and "512" in r.json()["errors"][0]
 
 
-def test_official_pagerduty_client_pages_pagerstream(shared_worker, sandbox):
+def test_official_pagerduty_client_pages_pagerstream(workers, sandbox, tmp_path):
+    """python-pagerduty, unchanged but for its base URL, pages pagerstream (over HTTPS: the client
+    refuses plain http)."""
     import pagerduty
 
-    w = shared_worker
+    from tests.tls import self_signed
+
+    cert, key_file = self_signed(tmp_path)
+    w = workers.start(workers.env(), tls=(cert, key_file))
     key = f"client-{uuid.uuid4().hex[:8]}"
-    client = pagerduty.EventsApiV2Client(ROUTING_KEY)
+    client = pagerduty.EventsApiV2Client(ROUTING_KEY, verify=cert)
     client.url = w.url  # the one URL a sender changes
-    got_key = client.trigger("Checkout 5xx above 2%", "checkout-7.prod", dedup_key=key, severity="critical",
-                             custom_details={"rate": 0.023})
+    got_key = client.trigger("Search latency above SLO", "search-7.prod", dedup_key=key, severity="critical",
+                             custom_details={"p99_ms": 2300})
     assert got_key == key
     client.resolve(key)
     got = eventually(lambda: (x := _sb_requests(sandbox, key)) and len(x) >= 2 and x, what="client events")
     assert [g["body"]["event_action"] for g in got] == ["trigger", "resolve"]
     assert got[0]["body"]["payload"]["severity"] == "critical"
+    assert got[0]["body"]["payload"]["custom_details"]["p99_ms"] == 2300
 
 
 def test_bad_records_are_dead_lettered_and_the_agent_keeps_going(shared_worker, sandbox):

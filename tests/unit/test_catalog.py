@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pagerstream.processors.alert import Alert
 from pagerstream.processors.catalog import EMPTY_CATALOG, Catalog, FieldPath, load_catalog, parse_catalog
 from pagerstream.processors.errors import CatalogError, PagerstreamError
+from pagerstream.processors.normalize import normalize
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "catalog.example.yaml"
 RK = "0123456789abcdef0123456789abcdef"
@@ -18,8 +21,19 @@ RK_PLATFORM = "fedcba9876543210fedcba9876543210"
 
 
 def alert(**kw) -> Alert:
-    base = dict(id="r:0", raw_id="r", source="alertmanager", action="trigger", routing_key="a" * 32,
-                dedup_key="k", summary="s", severity="error", origin="host-1", event_time=1, received_at=1)  # fmt: skip
+    base = {
+        "id": "r:0",
+        "raw_id": "r",
+        "source": "alertmanager",
+        "action": "trigger",
+        "routing_key": "a" * 32,
+        "dedup_key": "k",
+        "summary": "s",
+        "severity": "error",
+        "origin": "host-1",
+        "event_time": 1,
+        "received_at": 1,
+    }
     return Alert(**(base | kw))
 
 
@@ -33,11 +47,17 @@ def test_example_loads(catalog):
     checkout, search, platform = catalog.services
     assert (checkout.team, checkout.tier, checkout.routing_key) == ("payments", 1, RK)
     assert checkout.runbook_url == "https://runbooks.example.com/checkout"
-    assert checkout.grouping.mode == "fields" and checkout.grouping.window_seconds == 300  # merged over defaults
+    assert (
+        checkout.grouping.mode == "fields" and checkout.grouping.window_seconds == 300
+    )  # merged over defaults
     assert [f.text for f in checkout.grouping.fields] == ["labels.alertname", "labels.cluster"]
     assert checkout.auto_resolve_seconds == 14400 and checkout.dedup_window_seconds == 0
     assert [p.text for p in checkout.redact] == ["custom_details.card_number"]
-    assert (search.grouping.mode, search.grouping.window_seconds, search.dedup_window_seconds) == ("time_window", 600, 120)
+    assert (search.grouping.mode, search.grouping.window_seconds, search.dedup_window_seconds) == (
+        "time_window",
+        600,
+        120,
+    )
     assert search.routing_key is None and platform.tier == 0
     assert [p.text for p in catalog.redact] == ["labels.email", "custom_details.password"]
     assert list(catalog.sources) == ["uptimebot"] and catalog.sources["uptimebot"].items == "body.checks"
@@ -60,7 +80,11 @@ def test_example_loads(catalog):
         ({"source": "alertmanager", "component": "elasticsearch"}, None, None),
         ({"labels": {"team": "platform"}}, "platform", 0),
         ({"routing_key": RK_PLATFORM}, "platform", 1),
-        ({"labels": {"service": "checkout", "team": "sre"}}, "checkout", 0),  # first service in file order wins
+        (
+            {"labels": {"service": "checkout", "team": "sre"}},
+            "checkout",
+            0,
+        ),  # first service in file order wins
         ({"labels": {"service": "Checkout"}}, None, None),  # exact values are case sensitive
     ],
 )
@@ -69,6 +93,23 @@ def test_matching(catalog, kw, expected, matcher):
     assert (found.spec.name if found else None) == expected
     assert (found.matcher_index if found else None) == matcher
     assert (catalog.match(alert(**kw)).name if expected else catalog.match(alert(**kw))) == expected
+
+
+def test_example_source_mapping_normalizes(catalog):
+    body = {
+        "checks": [
+            {"id": 7, "name": "login", "state": "down", "tier": 1, "host": "checkout-7f9c-x2", "url": "https://shop/login",
+             "service": "checkout", "checked_at": "2026-01-15T10:00:00Z", "component": "web"},
+            {"id": 8, "name": "search", "state": "up", "tier": 2, "host": "search-1", "url": "https://shop/search"},
+        ]
+    }  # fmt: skip
+    a, b = normalize("generic:uptimebot", json.dumps(body).encode(), raw_id="r", received_at_ms=5,
+                     attributes={}, default_routing_key="", mappings=catalog.sources)  # fmt: skip
+    assert (a.dedup_key, a.summary, a.severity, a.origin, a.action) == (
+        "uptimebot:7", "login is down (https://shop/login)", "critical", "checkout-7f9c-x2", "trigger")  # fmt: skip
+    assert a.labels == {"service": "checkout", "check": "login"} and a.event_time == 1768471200000
+    assert (b.action, b.severity, b.component, b.labels) == ("resolve", "warning", None, {"check": "search"})
+    assert catalog.match(a).name == "checkout"
 
 
 def test_empty_catalog_matches_nothing():
@@ -140,11 +181,11 @@ def problems(text: str) -> dict[str, str]:
         (SVC + "    grouping: {mode: clusters}\n", "services[0].grouping.mode",
          "'clusters' is not one of ['none', 'time_window', 'fields']"),
         (SVC + "    grouping: {mode: fields, fields: [labels]}\n", "services[0].grouping.fields[0]",
-         "unknown field path 'labels' (expected labels.<name>, custom_details.<key>... or one of summary, source, "
-         "component, group, class, client_url, severity, input)"),
+         ("unknown field path 'labels' (expected labels.<name>, custom_details.<key>... or one of summary, source, "
+         "component, group, class, client_url, severity, input)")),
         (SVC + "    redact: [severity]\n", "services[0].redact[0]",
-         "unknown field path 'severity' (expected labels.<name>, custom_details.<key>... or one of summary, source, "
-         "component, group, class, client_url)"),
+         ("unknown field path 'severity' (expected labels.<name>, custom_details.<key>... or one of summary, source, "
+         "component, group, class, client_url)")),
         (SVC + "redact: [custom_details..x]\n", "redact[0]", "malformed field path 'custom_details..x' (empty or padded segment)"),
         (SVC + "    auto_resolve_seconds: -1\n", "services[0].auto_resolve_seconds", "-1 is less than the minimum of 0"),
         (SVC + "sources: {m: {summary: s, severity: info, source: h}}\n", "sources.m.dedup_key", "required template is missing"),
@@ -222,3 +263,58 @@ def test_load_catalog_reports_the_file_name(tmp_path):
     with pytest.raises(CatalogError) as info:
         load_catalog(path)
     assert str(info.value) == f"{path}: services[0]: 'matchers' is a required property"
+
+
+# ---- fuzzing: a catalog either loads or raises CatalogError -------------------------------------
+
+yaml_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=12)
+    | st.sampled_from(["^(", "^a.*$", "fields", "x" * 32]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_mutated_catalog_loads_or_raises_catalog_error(data):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
+    holder = doc
+    for key in path[:-1]:
+        holder = holder[key]
+    if data.draw(st.booleans()) and isinstance(holder, dict):
+        del holder[path[-1]]
+    else:
+        holder[path[-1]] = data.draw(yaml_values)
+    try:
+        cat = parse_catalog(yaml.safe_dump(doc), file="fuzz.yaml")
+    except CatalogError as e:
+        assert e.problems and all(isinstance(p, str) and isinstance(r, str) and r for p, r in e.problems)
+        return
+    assert Catalog.from_entries(cat.to_entries()).services == cat.services
+    cat.match(alert(labels={"service": "checkout"}))
+
+
+@settings(max_examples=200)
+@given(text=st.text(max_size=200))
+def test_fuzz_random_text_loads_or_raises_catalog_error(text):
+    try:
+        parse_catalog(text)
+    except CatalogError:
+        pass

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from pagerstream.processors.alert import Alert, Link
 from pagerstream.processors.catalog import EMPTY_CATALOG, FieldPath, load_catalog, parse_catalog
 from pagerstream.processors.enrich import REDACTED, enrich, group_key_for, redact
+from pagerstream.schemas.codec import AvroCodec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "catalog.example.yaml"
 CATALOG = load_catalog(EXAMPLE)
@@ -26,9 +26,19 @@ def tag(rk: str) -> str:
 
 
 def alert(**kw) -> Alert:
-    base = dict(id="r:0", raw_id="r", source="alertmanager", action="trigger", routing_key=RK_IN,
-                dedup_key="fp1", summary="disk full", severity="error", origin="host-1", event_time=1,
-                received_at=1)  # fmt: skip
+    base = {
+        "id": "r:0",
+        "raw_id": "r",
+        "source": "alertmanager",
+        "action": "trigger",
+        "routing_key": RK_IN,
+        "dedup_key": "fp1",
+        "summary": "disk full",
+        "severity": "error",
+        "origin": "host-1",
+        "event_time": 1,
+        "received_at": 1,
+    }
     return Alert(**(base | kw))
 
 
@@ -39,7 +49,9 @@ def test_matched_service_sets_fields_and_routing_key():
     assert out.alert.runbook_url == "https://runbooks.example.com/checkout"
     assert out.alert.routing_key == RK_CHECKOUT
     assert out.alert.group_key == f"{tag(RK_CHECKOUT)}:svc:checkout:HighLatency|eu-1"
-    assert out.reason == "matched service checkout by matcher 0; routing key from the service; grouping fields"
+    assert (
+        out.reason == "matched service checkout by matcher 0; routing key from the service; grouping fields"
+    )
     assert a.routing_key == RK_IN and a.service is None  # the input is untouched
 
 
@@ -68,9 +80,15 @@ def test_global_and_service_redaction():
               custom_details_json=json.dumps(details))  # fmt: skip
     out = enrich(a, CATALOG).alert
     assert out.labels["email"] == REDACTED and out.labels["service"] == "checkout"
-    assert json.loads(out.custom_details_json) == {"password": REDACTED, "card_number": REDACTED, "keep": "yes"}
+    assert json.loads(out.custom_details_json) == {
+        "password": REDACTED,
+        "card_number": REDACTED,
+        "keep": "yes",
+    }
     assert out.redacted == ("labels.email", "custom_details.password", "custom_details.card_number")
     assert "bob@example.com" not in json.dumps(out.to_record())
+    codec = AvroCodec("alert")
+    assert Alert.from_record(codec.decode(codec.encode(out.to_record()))) == out
 
 
 def test_redaction_reason_lists_paths():
@@ -114,7 +132,11 @@ def test_redaction_paths(path, field, expected_details):
 
 def test_absent_fields_are_not_recorded_and_alert_is_unchanged():
     a = alert(custom_details_json='{"a": 1}')
-    paths = (FieldPath.parse("labels.email"), FieldPath.parse("custom_details.user.email"), FieldPath.parse("component"))
+    paths = (
+        FieldPath.parse("labels.email"),
+        FieldPath.parse("custom_details.user.email"),
+        FieldPath.parse("component"),
+    )
     assert redact(a, paths) is a
 
 
@@ -151,7 +173,9 @@ def test_empty_catalog():
 ROUTING_KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=32, max_size=32)
 
 
-@given(routing_key=ROUTING_KEYS, dedup_key=st.text(min_size=1), spec=st.sampled_from([None, *CATALOG.services]))
+@given(
+    routing_key=ROUTING_KEYS, dedup_key=st.text(min_size=1), spec=st.sampled_from([None, *CATALOG.services])
+)
 def test_group_key_is_deterministic_and_never_holds_the_routing_key(routing_key, dedup_key, spec):
     a = alert(routing_key=routing_key, dedup_key=dedup_key, labels={"alertname": "A", "cluster": "c"})
     key = group_key_for(a, spec)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
+from pagerstream.processors.alert import Alert
 from pagerstream.processors.errors import CatalogError, InvalidInput
 from pagerstream.processors.normalize import GenericMapping, normalize, validate_change, validate_enqueue
 from pagerstream.processors.normalize.body import parse_timestamp_ms
+from pagerstream.schemas.codec import AvroCodec
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "../shared/contracts"
 AM = CONTRACTS / "alertmanager"
@@ -91,7 +92,12 @@ def test_alertmanager_firing_both_shapes(name):
     assert a.routing_key == DEFAULT_RK
     assert a.event_time == 1768471200123  # startsAt
     assert a.received_at == RECEIVED
-    assert a.labels == {"alertname": "HighLatency", "instance": "api-1:9090", "job": "api", "severity": "critical"}
+    assert a.labels == {
+        "alertname": "HighLatency",
+        "instance": "api-1:9090",
+        "job": "api",
+        "severity": "critical",
+    }
     assert json.loads(a.custom_details_json) == {
         "runbook_url": "https://runbooks.example.com/high-latency",
         "summary": "p99 latency above 2s on api-1",
@@ -122,7 +128,10 @@ def test_alertmanager_without_fingerprint_or_annotations():
         "version": "4",
         "status": "firing",
         "alerts": [
-            {"status": "firing", "labels": {"alertname": "DiskFull", "job": "node", "mount": "/data", "severity": "warn"}},
+            {
+                "status": "firing",
+                "labels": {"alertname": "DiskFull", "job": "node", "mount": "/data", "severity": "warn"},
+            },
             {"status": "resolved", "labels": {"alertname": "DiskFull", "host": "db-1", "severity": "sev9"}},
         ],
     }
@@ -226,9 +235,21 @@ def test_pd_spec_trigger_example():
 @pytest.mark.parametrize(
     "name, action, summary",
     [
-        ("pagerduty-receiver.trigger.v0.31plus.example.json", "trigger", "[FIRING:1] HighLatency (api-1:9090 api critical)"),
-        ("pagerduty-receiver.trigger.v0.28.example.json", "trigger", "[FIRING:1] HighLatency (api-1:9090 api critical)"),
-        ("pagerduty-receiver.resolve.v0.31plus.example.json", "resolve", "[RESOLVED] HighLatency (api-1:9090 api critical)"),
+        (
+            "pagerduty-receiver.trigger.v0.31plus.example.json",
+            "trigger",
+            "[FIRING:1] HighLatency (api-1:9090 api critical)",
+        ),
+        (
+            "pagerduty-receiver.trigger.v0.28.example.json",
+            "trigger",
+            "[FIRING:1] HighLatency (api-1:9090 api critical)",
+        ),
+        (
+            "pagerduty-receiver.resolve.v0.31plus.example.json",
+            "resolve",
+            "[RESOLVED] HighLatency (api-1:9090 api critical)",
+        ),
     ],
 )
 def test_pd_alertmanager_receiver_examples(name, action, summary):
@@ -243,7 +264,9 @@ def test_pd_alertmanager_receiver_examples(name, action, summary):
 def test_pd_v028_custom_details_are_text():
     [a] = run("pagerduty_events_v2", body_of(AM / "pagerduty-receiver.trigger.v0.28.example.json"))
     details = json.loads(a.custom_details_json)
-    assert details["num_firing"] == "1" and details["firing"].startswith("Labels:\n - alertname = HighLatency")
+    assert details["num_firing"] == "1" and details["firing"].startswith(
+        "Labels:\n - alertname = HighLatency"
+    )
 
 
 @pytest.mark.parametrize(
@@ -270,11 +293,17 @@ def test_pd_change_dedup_key_falls_back_to_raw_id():
 
 @pytest.mark.parametrize(
     "name",
-    ["docs.enqueue.trigger.request.json", "docs.enqueue.acknowledge.request.json", "docs.enqueue.resolve.request.json"],
+    [
+        "docs.enqueue.trigger.request.json",
+        "docs.enqueue.acknowledge.request.json",
+        "docs.enqueue.resolve.request.json",
+    ],
 )
 def test_pd_docs_examples_fail_only_on_placeholder_routing_key(name):
     source = "pagerduty_events_v2"
-    assert errors_of(source, body_of(PD / name)) == ["Length of 'routing_key' is incorrect (should be 32 characters)"]
+    assert errors_of(source, body_of(PD / name)) == [
+        "Length of 'routing_key' is incorrect (should be 32 characters)"
+    ]
     doc = json.loads(body_of(PD / name)) | {"routing_key": RK}
     [a] = run(source, json.dumps(doc).encode())
     assert a.routing_key == RK
@@ -289,7 +318,9 @@ def test_pd_acknowledge_without_payload():
     body = json.dumps({"routing_key": RK, "event_action": "acknowledge", "dedup_key": "srv01/mysql"}).encode()
     [a] = run("pagerduty_events_v2", body)
     assert a.action == "acknowledge" and a.dedup_key == "srv01/mysql"
-    assert a.summary == "acknowledge: srv01/mysql" and a.origin == "pagerduty_events_v2" and a.severity == "info"
+    assert (
+        a.summary == "acknowledge: srv01/mysql" and a.origin == "pagerduty_events_v2" and a.severity == "info"
+    )
 
 
 def test_pd_keyless_trigger_takes_the_ingress_key():
@@ -298,6 +329,21 @@ def test_pd_keyless_trigger_takes_the_ingress_key():
     body = json.dumps(doc).encode()
     assert run("pagerduty_events_v2", body, attributes={"dedup_key": "ing-42"})[0].dedup_key == "ing-42"
     assert errors_of("pagerduty_events_v2", body) == ["'dedup_key' is missing and the ingress assigned none"]
+
+
+@pytest.mark.parametrize(
+    "source, path",
+    [
+        ("alertmanager", AM / "webhook-v4.firing.example.json"),
+        ("grafana", GRAFANA / "webhook-payload.docs-example.json"),
+        ("pagerduty_events_v2", PD / "spec.enqueue.trigger.request.json"),
+        ("pagerduty_change_v2", PD / "spec.change.build-change-event.request.json"),
+    ],
+)
+def test_golden_alerts_fit_the_avro_schema(source, path):
+    codec = AvroCodec("alert")
+    for a in run(source, body_of(path)):
+        assert Alert.from_record(codec.decode(codec.encode(a.to_record()))) == a
 
 
 # ---- invalid tables -------------------------------------------------------------------------
@@ -402,8 +448,8 @@ def test_pd_body_size_is_checked_on_raw_bytes_and_reported_with_other_errors():
         ("alertmanager", b'{"version": "4", "alerts": [{"status": "firing"}]}', ["'alerts[0].labels' is missing or not an object"]),
         ("grafana", b'{"version": "1", "alerts": [{"status": "firing", "labels": {}, "values": [1], "panelURL": 3}]}',
          ["'alerts[0].values' must be an object", "'alerts[0].panelURL' must be a string"]),
-        ("nagios", b"{}", ["unknown source 'nagios' (expected one of: pagerduty_events_v2, pagerduty_change_v2, "
-                           "alertmanager, grafana, generic:<mapping>)"]),
+        ("nagios", b"{}", [("unknown source 'nagios' (expected one of: pagerduty_events_v2, pagerduty_change_v2, "
+                           "alertmanager, grafana, generic:<mapping>)")]),
         ("generic:nope", b"{}", ["no generic mapping named 'nope' (known: none)"]),
     ],
 )  # fmt: skip
@@ -478,11 +524,22 @@ def test_generic_routing_key_from_template_and_attribute():
 
 def test_generic_whole_body_without_items():
     mapping = GenericMapping.from_dict(
-        {"dedup_key": "{{ body.id }}", "summary": "{{ body.msg }}", "severity": "error", "source": "{{ body.host }}"},
+        {
+            "dedup_key": "{{ body.id }}",
+            "summary": "{{ body.msg }}",
+            "severity": "error",
+            "source": "{{ body.host }}",
+        },
         where="m",
     )
     [a] = generic({"id": "x1", "msg": "boom", "host": "h1"}, mapping)
-    assert (a.dedup_key, a.summary, a.severity, a.origin, a.action) == ("x1", "boom", "error", "h1", "trigger")
+    assert (a.dedup_key, a.summary, a.severity, a.origin, a.action) == (
+        "x1",
+        "boom",
+        "error",
+        "h1",
+        "trigger",
+    )
     [b] = generic(["not", "a", "dict"], GenericMapping.from_dict(
         {"dedup_key": "k", "summary": "{{ body | length }} items", "severity": "info", "source": "s"}, where="m"))  # fmt: skip
     assert b.summary == "3 items" and json.loads(b.custom_details_json) == {"item": ["not", "a", "dict"]}
@@ -528,7 +585,12 @@ def test_generic_sandbox_blocks_python_internals_and_mutation():
 
 def test_generic_output_is_limited():
     m = GenericMapping.from_dict(
-        {"dedup_key": "k", "summary": "{% for i in range(20000) %}x{% endfor %}", "severity": "info", "source": "s"},
+        {
+            "dedup_key": "k",
+            "summary": "{% for i in range(20000) %}x{% endfor %}",
+            "severity": "info",
+            "source": "s",
+        },
         where="m",
     )
     with pytest.raises(InvalidInput, match="summary: ValueError: rendered text longer than 16384 characters"):
@@ -560,7 +622,9 @@ def test_generic_mapping_from_yaml_round_trips():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 SOURCES = ["pagerduty_events_v2", "pagerduty_change_v2", "alertmanager", "grafana", "generic:mon"]
@@ -578,11 +642,12 @@ def _normalizes_or_rejects(source: str, body: bytes) -> None:
     except InvalidInput as e:
         assert e.errors and all(isinstance(x, str) and x for x in e.errors)
         return
+    codec = AvroCodec("alert")
     for a in alerts:
         assert a.action in ("trigger", "acknowledge", "resolve", "change")
         assert a.severity in ("critical", "error", "warning", "info")
         json.loads(a.custom_details_json)
-        a.summary.encode("utf-8")
+        assert Alert.from_record(codec.decode(codec.encode(a.to_record()))) == a  # fits alert.avsc
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

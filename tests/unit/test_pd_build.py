@@ -10,7 +10,6 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from pagerstream.processors.alert import Image, Link
 from pagerstream.processors.errors import InvalidInput
 from pagerstream.processors.pd_build import (
@@ -34,8 +33,17 @@ def valid_enqueue(body: dict) -> None:
 
 
 def trigger(**kw):
-    args = dict(action="trigger", routing_key=RK, dedup_key="srv01/mysql", summary="DISK at 99%", severity="critical",
-                origin="db-1", custom_details={"free": "1%"}, links=[Link("https://x", "X")], images=[])  # fmt: skip
+    args = {
+        "action": "trigger",
+        "routing_key": RK,
+        "dedup_key": "srv01/mysql",
+        "summary": "DISK at 99%",
+        "severity": "critical",
+        "origin": "db-1",
+        "custom_details": {"free": "1%"},
+        "links": [Link("https://x", "X")],
+        "images": [],
+    }
     return build_event(**(args | kw))
 
 
@@ -56,7 +64,9 @@ def test_plain_trigger_exact_body():
         "images": [{"src": "https://img/1.png", "alt": "chart"}],
     }  # fmt: skip
     valid_enqueue(built.body)
-    assert encode_body(built.body).startswith('{"routing_key":"0123456789abcdef0123456789abcdef","event_action"')
+    assert encode_body(built.body).startswith(
+        '{"routing_key":"0123456789abcdef0123456789abcdef","event_action"'
+    )
 
 
 @pytest.mark.parametrize("action", ["acknowledge", "resolve"])
@@ -88,7 +98,9 @@ def test_1025_runes_cut():
 def test_oversize_body_replaces_custom_details():
     built = trigger(custom_details={"blob": "x" * 600_000})
     assert built.body["payload"]["custom_details"] == OVERSIZE_DETAILS
-    assert built.notes[0].startswith("body was 600") and built.notes[0].endswith("(> 512000): custom_details replaced")
+    assert built.notes[0].startswith("body was 600") and built.notes[0].endswith(
+        "(> 512000): custom_details replaced"
+    )
     valid_enqueue(built.body)
 
 
@@ -127,7 +139,11 @@ def test_dedup_key_of_255_is_kept():
 def test_bad_severity_and_empty_fields_are_repaired_with_notes():
     built = trigger(severity="sev1", origin=" ", summary="")
     payload = built.body["payload"]
-    assert (payload["severity"], payload["source"], payload["summary"]) == ("error", "pagerstream", "(no summary)")
+    assert (payload["severity"], payload["source"], payload["summary"]) == (
+        "error",
+        "pagerstream",
+        "(no summary)",
+    )
     assert built.notes == ("severity 'sev1' replaced by 'error'", "empty source replaced by 'pagerstream'",
                            "empty summary replaced")  # fmt: skip
     valid_enqueue(built.body)
@@ -164,7 +180,10 @@ def test_change_event():
     }  # fmt: skip
     jsonschema.Draft202012Validator(CHANGE_SCHEMA).validate(built.body)
     big = build_change(routing_key=RK, summary="s" * 2000, custom_details={"x": "y" * 600_000})
-    assert len(big.body["payload"]["summary"]) == 1024 and big.body["payload"]["custom_details"] == OVERSIZE_DETAILS
+    assert (
+        len(big.body["payload"]["summary"]) == 1024
+        and big.body["payload"]["custom_details"] == OVERSIZE_DETAILS
+    )
     jsonschema.Draft202012Validator(CHANGE_SCHEMA).validate(big.body)
 
 
