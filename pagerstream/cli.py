@@ -42,9 +42,11 @@ def main() -> None:
 @click.option("--session-timeout", default=30.0, show_default=True, help="Kafka group session timeout (s)")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate: serve HTTPS")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key for --tls-cert")
+@click.option("--forwarder/--no-forwarder", default=True, show_default=True,
+              help="Run the PagerDuty forwarder agents in this worker")
 @click.option("--loglevel", default="info", show_default=True)
 def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics: bool, session_timeout: float,
-           tls_cert: str | None, tls_key: str | None, loglevel: str) -> None:
+           tls_cert: str | None, tls_key: str | None, forwarder: bool, loglevel: str) -> None:
     """Run a Faust worker: pipeline agents, PagerDuty forwarder and the HTTP ingress."""
     s = _settings()
     catalog_path = catalog_path or s.catalog_path or None
@@ -57,7 +59,7 @@ def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics
     from pagerstream.streams.app import Pipeline, RuntimeOptions
 
     pipeline = Pipeline(s, RuntimeOptions(web_port=web_port, web_host=web_host, session_timeout_s=session_timeout,
-                                                 tls_cert=tls_cert, tls_key=tls_key))
+                                                 tls_cert=tls_cert, tls_key=tls_key, enable_forwarder=forwarder))
     faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
 
 

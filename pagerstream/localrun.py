@@ -127,12 +127,13 @@ def worker_env(*, app_id: str, prefix: str, datadir: Path, events_url: str | Non
 
 def start_worker(env: dict[str, str], log_dir: Path, *, port: int | None = None, catalog: str | None = None,
                  session_timeout: float = 10.0, name: str = "worker", ready_timeout: float = 90.0,
-                 tls: tuple[str, str] | None = None) -> Worker:
+                 tls: tuple[str, str] | None = None, extra_args: list[str] | None = None) -> Worker:
     port = port or free_port()
     args = [sys.executable, "-m", "pagerstream.cli", "worker", "--web-port", str(port),
             "--session-timeout", str(session_timeout), "--loglevel", "warning"]
     if tls:
         args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    args += extra_args or []
     if catalog:
         args += ["--catalog", catalog]
     proc = start(name, args, env, log_dir)
