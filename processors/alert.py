@@ -52,6 +52,8 @@ class Alert:
     runbook_url: str | None = None
     group_key: str = ""
     redacted: tuple[str, ...] = ()
+    raw_partition: int = -1  # where in alerts.raw it came from: replays are recognised by position
+    raw_offset: int = -1
 
     def with_(self, **changes: Any) -> "Alert":
         return replace(self, **changes)

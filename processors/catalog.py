@@ -16,9 +16,10 @@ conditions hold (keys: labels, source, routing_key, component, input). The one r
 value starting with "^" is a regular expression that must match the whole value; anything else is
 compared exactly. Services are tried in file order; the first match wins.
 
-Field paths (redact, grouping.fields): `labels.<name>`, `custom_details.<key>[.<key>...]` or one of
-summary, source, component, group, class, client_url; grouping may also use severity and input.
-Keys cannot contain dots.
+Field paths: redact takes `labels.<name>`, `custom_details.<key>[.<key>...]` or one of summary,
+source, component, group, class, client_url. grouping.fields takes only what identifies an alert:
+`labels.<name>`, source, component, group, class, input (not summary, severity or custom_details,
+which change while an alert lives). Keys cannot contain dots.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ from .normalize.generic import GenericMapping
 
 SCALAR_FIELDS = {"summary": "summary", "source": "origin", "component": "component", "group": "group",
                  "class": "class_", "client_url": "client_url"}  # fmt: skip
-GROUPING_ONLY_FIELDS = {"severity": "severity", "input": "source"}
+# Grouping uses identity only (fields that stay the same for every event of one alert).
+GROUPING_FIELDS = {
+    "source": "origin",
+    "component": "component",
+    "group": "group",
+    "class": "class_",
+    "input": "source",
+}
 GROUPING_MODES = ("none", "time_window", "fields")
 CATALOG_ENTRY = "@catalog"  # name of the published entry holding defaults, redact and sources
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9]{32}")
@@ -102,18 +110,18 @@ class FieldPath:
 
     @classmethod
     def parse(cls, text: str, *, grouping: bool = False) -> FieldPath | str:
-        """The path, or the reason it is not one."""
+        """The path, or the reason it is not one. Grouping paths: labels and identity fields only."""
         parts = text.split(".")
         if any(not p or p != p.strip() for p in parts):
             return f"malformed field path {text!r} (empty or padded segment)"
         root, keys = parts[0], tuple(parts[1:])
-        scalars = {**SCALAR_FIELDS, **(GROUPING_ONLY_FIELDS if grouping else {})}
-        if root == "labels" and len(keys) == 1 or root == "custom_details" and keys:
+        scalars = GROUPING_FIELDS if grouping else SCALAR_FIELDS
+        if root == "labels" and len(keys) == 1 or root == "custom_details" and keys and not grouping:
             return cls(root, keys)
         if root in scalars and not keys:
             return cls(root)
-        return (f"unknown field path {text!r} (expected labels.<name>, custom_details.<key>... "
-                f"or one of {', '.join(scalars)})")  # fmt: skip
+        return (f"unknown field path {text!r} (expected labels.<name>"
+                f"{'' if grouping else ', custom_details.<key>...'} or one of {', '.join(scalars)})")  # fmt: skip
 
     @classmethod
     def of(cls, text: str, *, grouping: bool = False) -> FieldPath:

@@ -34,9 +34,11 @@ def classify_response(status: int | None, error: str | None) -> Outcome:
     detail = f": {error}" if error else ""
     if status is None:
         text = (error or "").lower()
-        if "timeout" in text or "timed out" in text:
-            return Outcome("retry", f"timeout{detail}", breaker_failure=True)
-        return Outcome("retry", f"network error{detail}" if error else "no response", breaker_failure=True)
+        if not text:
+            return Outcome("retry", "no response", breaker_failure=True)
+        kind = "timeout" if "timeout" in text or "timed out" in text else "network error"
+        reason = error if text.startswith(kind) else f"{kind}{detail}"
+        return Outcome("retry", str(reason), breaker_failure=True)
     if 200 <= status <= 299:
         return Outcome("delivered", f"accepted ({status})")
     if status == 429:

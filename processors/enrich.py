@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .alert import Alert, Link
-from .catalog import SCALAR_FIELDS, Catalog, FieldPath, ServiceSpec
+from .catalog import GROUPING_FIELDS, SCALAR_FIELDS, Catalog, FieldPath, ServiceSpec
 
 REDACTED = "[REDACTED]"
-_GROUPING_ATTRS = {**SCALAR_FIELDS, "severity": "severity", "input": "source"}
 
 
 @dataclass(frozen=True)
@@ -30,15 +29,10 @@ def routing_key_tag(routing_key: str) -> str:
 
 
 def field_value(alert: Alert, path: FieldPath) -> str:
-    """The text at `path` ("" when absent); custom_details values that are not text become JSON."""
+    """The text at a grouping path ("" when absent)."""
     if path.root == "labels":
         return alert.labels.get(path.keys[0], "")
-    if path.root == "custom_details":
-        found, value = _lookup(_details(alert), path.keys)
-        if not found or value is None:
-            return ""
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    value = getattr(alert, _GROUPING_ATTRS[path.root])
+    value = getattr(alert, GROUPING_FIELDS[path.root])
     return "" if value is None else str(value)
 
 
@@ -48,6 +42,9 @@ def group_key_for(alert: Alert, spec: ServiceSpec | None) -> str:
     none        -> <rk tag>:<dedup_key>            (one incident per dedup key)
     time_window -> <rk tag>:svc:<service>          (the grouping stage cuts it into windows)
     fields      -> <rk tag>:svc:<service>:<v1|v2>  (values of the configured fields)
+
+    Stable per dedup key as long as every event of that key carries the grouping fields and
+    matches the same service (true for Alertmanager and Grafana, whose resolves repeat the labels).
     """
     tag = routing_key_tag(alert.routing_key)
     if spec is None or spec.grouping.mode == "none":

@@ -15,12 +15,14 @@ import heapq
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import faust
 import redis.asyncio as aioredis
 from aiohttp import web
+from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pagerstream.config import Settings
@@ -393,9 +395,29 @@ class Pipeline:
 
     # --- forwarder agents ---------------------------------------------------------------------------
     async def _agent_forward(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        """Calls for different stream keys go out concurrently; one key's calls strictly in order.
+
+        A batch is split by Kafka key (= stream_key); each key's events run sequentially in their own
+        task, and the batch's offsets are acknowledged only after every task finished.
+        """
         while self.forwarder is None:
             await asyncio.sleep(0.05)
-        async for event in stream.events():
+        async for events in stream.take_events(256, within=0.005):
+            by_key: dict[bytes, list[Any]] = {}
+            for e in events:
+                by_key.setdefault(e.message.key or b"", []).append(e)
+            await asyncio.gather(*(self._forward_key(evs) for evs in by_key.values()))
+            # Make this batch's delivered marks durable before any later call of the same keys goes
+            # out: after a crash, a replay may repeat the last call of a key, never an earlier one.
+            await self.app.producer.flush()
+            yield None
+
+    async def _forward_key(self, events: list[Any]) -> None:
+        for n, event in enumerate(events):
+            if n:
+                await self.app.producer.flush()  # the previous call's delivered mark first (see above)
+            # Table writes go to the partition of "the current event"; in a batch, say which one it is.
+            _current_event.set(weakref.ref(event))
             msg = event.message
             try:
                 ev = self.codecs["pagerduty_event"].decode(event.value)
@@ -407,16 +429,15 @@ class Pipeline:
             if ev["seq"] <= done:
                 self.metrics.records.labels("forward", "already_delivered").inc()
                 continue
-            if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
-                await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
-                continue
             try:
+                if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
+                    await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
+                    continue
                 await self._deliver(ev, msg, k, inline=True)
             except Exception as e:  # e.g. Kafka or Redis trouble mid-call: park it, never drop it
                 log.exception("forward failed; parking the event")
                 await self._park(dict(ev, last_error=f"internal: {e}"[:500]), "internal error",
                                  int(time.time() * 1000) + 5000)
-            yield None
 
     async def _agent_retry(self, stream: faust.StreamT) -> AsyncIterator[None]:
         while self.forwarder is None:
@@ -446,6 +467,7 @@ class Pipeline:
                     continue
             try:
                 await self._deliver(ev, msg, k, inline=False)
+                await self.app.producer.flush()
             except Exception as e:
                 log.exception("retry failed; parking the event again")
                 await self._repark(dict(ev, last_error=f"internal: {e}"[:500]), int(time.time() * 1000) + 5000)

@@ -181,8 +181,12 @@ def problems(text: str) -> dict[str, str]:
         (SVC + "    grouping: {mode: clusters}\n", "services[0].grouping.mode",
          "'clusters' is not one of ['none', 'time_window', 'fields']"),
         (SVC + "    grouping: {mode: fields, fields: [labels]}\n", "services[0].grouping.fields[0]",
-         ("unknown field path 'labels' (expected labels.<name>, custom_details.<key>... or one of summary, source, "
-         "component, group, class, client_url, severity, input)")),
+         "unknown field path 'labels' (expected labels.<name> or one of source, component, group, class, input)"),
+        (SVC + "    grouping: {mode: fields, fields: [custom_details.x]}\n", "services[0].grouping.fields[0]",
+         ("unknown field path 'custom_details.x' (expected labels.<name> or one of source, component, group, "
+          "class, input)")),
+        (SVC + "    grouping: {mode: fields, fields: [severity]}\n", "services[0].grouping.fields[0]",
+         "unknown field path 'severity' (expected labels.<name> or one of source, component, group, class, input)"),
         (SVC + "    redact: [severity]\n", "services[0].redact[0]",
          ("unknown field path 'severity' (expected labels.<name>, custom_details.<key>... or one of summary, source, "
          "component, group, class, client_url)")),

@@ -39,6 +39,8 @@ from pagerstream.processors.delivery import (
                                                            breaker_failure=True)),
         (None, "ReadTimeout: timed out", Outcome("retry", "timeout: ReadTimeout: timed out", breaker_failure=True)),
         (None, None, Outcome("retry", "no response", breaker_failure=True)),
+        (None, "timeout", Outcome("retry", "timeout", breaker_failure=True)),
+        (None, "network error: ConnectError", Outcome("retry", "network error: ConnectError", breaker_failure=True)),
         (301, None, Outcome("permanent", "unexpected HTTP status 301")),
         (101, None, Outcome("permanent", "unexpected HTTP status 101")),
     ],

@@ -156,13 +156,18 @@ def test_group_key_modes():
     assert group_key_for(a, CHECKOUT) == f"{tag(RK_IN)}:svc:checkout:HighLatency|"  # missing cluster -> ""
 
 
-def test_group_key_fields_can_use_scalars_and_custom_details():
+def test_group_key_fields_can_use_identity_fields():
     cat = parse_catalog(
         "version: 1\nservices:\n  - name: s\n    matchers: [{input: alertmanager}]\n"
-        "    grouping: {mode: fields, fields: [severity, source, input, custom_details.region.name]}\n"
+        "    grouping: {mode: fields, fields: [source, input, component, labels.team]}\n"
     )
-    a = alert(custom_details_json=json.dumps({"region": {"name": "eu"}}))
-    assert enrich(a, cat).alert.group_key == f"{tag(RK_IN)}:svc:s:error|host-1|alertmanager|eu"
+    a = alert(labels={"team": "db"}, component="pg")
+    assert enrich(a, cat).alert.group_key == f"{tag(RK_IN)}:svc:s:host-1|alertmanager|pg|db"
+    # severity and summary change during an alert's life and do not move it to another group
+    assert (
+        enrich(a.with_(severity="critical", summary="worse"), cat).alert.group_key
+        == enrich(a, cat).alert.group_key
+    )
 
 
 def test_empty_catalog():
