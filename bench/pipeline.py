@@ -75,6 +75,18 @@ class Cleanup:
                         p.kill()
                         p.wait(5)
         self.popens.clear()
+        # a worker still starting on a helper thread when we were interrupted is not in self.procs yet
+        for pid in child_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while child_pids() and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-1, os.WNOHANG)
+            time.sleep(0.2)
+        for pid in child_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
         self.dirs.clear()
@@ -108,6 +120,30 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def child_pids(marker: str = "") -> list[int]:
+    """Pids of this process's children whose command line or environment mentions `marker`."""
+    me, out = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != me:
+                continue
+            if marker:
+                text = (d / "cmdline").read_bytes() + b"\0" + (d / "environ").read_bytes()
+                if marker.encode() not in text:
+                    continue
+            out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def child_pid(marker: str) -> int | None:
+    pids = child_pids(marker)
+    return pids[0] if pids else None
+
+
 def kafka_pid() -> int | None:
     try:
         pid = int(Path(REPO / ".stack/kafka/kafka.pid").read_text().strip())
@@ -139,7 +175,7 @@ class CpuMeter:
         return self.result
 
     def text(self) -> str:
-        return ", ".join(f"{k} {v:.0f}%" for k, v in self.result.items())
+        return ", ".join(f"{k} {v:.0f}%" for k, v in self.result.items()) + " (of one core)"
 
 
 # --- alert bodies --------------------------------------------------------------------------------------
@@ -842,6 +878,9 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
           f" from ready: {fmt(t['rate_from_ready'])} alerts/s")
         w(f"    incidents {fmt(t['incidents'])}, normalized {fmt(t['normalized'])} (incl. ticks), outbox (pages) "
           f"{fmt(t['outbox'])}, dead letters {fmt(t['dead_letters'])}; CPU while processing: {t['cpu']}")
+        if t.get("stage_ms"):
+            w("    mean time per record inside the agents' own code (worker's stage_latency histogram): "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in t["stage_ms"].items()))
         if t["curve"]:
             pts = t["curve"]
             step = max(1, len(pts) // 8)

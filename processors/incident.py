@@ -80,6 +80,7 @@ class Incident:
 class Applied:
     alert_id: str
     outputs: tuple[tuple[str, int, str | None], ...]  # (incident_id, version, pd_action)
+    seq_base: int = 0  # the PagerDuty seq base the decision used; a replay re-uses it
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class GroupState:
     incidents: dict[str, Incident] = field(default_factory=dict)
     members: dict[str, str] = field(default_factory=dict)  # open dedup_key -> incident_id
     applied: tuple[Applied, ...] = ()
+    marks: dict[int, int] = field(default_factory=dict)  # alerts.raw partition -> highest offset applied
 
     def next_deadline(self) -> int | None:
         dues = [d for i in self.incidents.values() if (d := i.auto_resolve_due()) is not None]
@@ -112,6 +114,7 @@ class Step:
     state: GroupState | None  # None: delete the group (nothing left to remember)
     outputs: tuple[IncidentChangeOut, ...]
     replayed: bool = False
+    seq_base: int = 0  # base of the PagerDuty seq numbers of these outputs
 
 
 def short_hash(s: str, n: int = 12) -> str:
@@ -141,9 +144,13 @@ def _put(g: GroupState, inc: Incident, members: dict[str, str] | None = None) ->
     return replace(g, incidents=incidents, members=g.members if members is None else members)
 
 
-def _remember(g: GroupState, alert_id: str, outs: Iterable[IncidentChangeOut]) -> GroupState:
-    rec = Applied(alert_id, tuple((o.incident.incident_id, o.incident.version, o.pd_action) for o in outs))
-    return replace(g, applied=(g.applied + (rec,))[-APPLIED_MEMORY:])
+def _remember(g: GroupState, a: Alert, outs: Iterable[IncidentChangeOut], seq_base: int) -> GroupState:
+    rec = Applied(a.id, tuple((o.incident.incident_id, o.incident.version, o.pd_action) for o in outs), seq_base)
+    marks = g.marks
+    if a.raw_partition >= 0:
+        marks = dict(marks)
+        marks[a.raw_partition] = max(a.raw_offset, marks.get(a.raw_partition, -1))
+    return replace(g, applied=(g.applied + (rec,))[-APPLIED_MEMORY:], marks=marks)
 
 
 def _prune(g: GroupState, now: int) -> GroupState:
@@ -157,12 +164,20 @@ def _prune(g: GroupState, now: int) -> GroupState:
     return replace(g, incidents=keep)
 
 
-def decide(g: GroupState | None, a: Alert, grouping: Grouping) -> Step:
-    """Apply one alert to its group. `a.received_at` is the clock (replays decide the same)."""
+def decide(g: GroupState | None, a: Alert, grouping: Grouping, seq_base: int = 0) -> Step:
+    """Apply one alert to its group. `a.received_at` is the clock (replays decide the same).
+
+    `seq_base` numbers the PagerDuty calls this decision queues (the pipeline derives it from the
+    input's offset). A replay, recognised by alert id or by its alerts.raw position (alerts of one
+    raw partition reach a group in offset order), re-emits the stored decision with its original
+    seq_base, or nothing when the decision is older than the memory (its outputs were flushed long ago).
+    """
     g = g or GroupState(group_key=a.group_key)
     for rec in g.applied:
         if rec.alert_id == a.id:
-            return Step(g, _replay(g, rec, a), replayed=True)
+            return Step(g, _replay(g, rec, a), replayed=True, seq_base=rec.seq_base)
+    if a.raw_partition >= 0 and a.raw_offset <= g.marks.get(a.raw_partition, -1):
+        return Step(g, (), replayed=True, seq_base=seq_base)
     now = a.received_at
     if a.action == "trigger":
         g2, outs = _trigger(g, a, grouping, now)
@@ -172,8 +187,8 @@ def decide(g: GroupState | None, a: Alert, grouping: Grouping) -> Step:
         g2, outs = _resolve(g, a, now, auto=False)
     else:
         raise ValueError(f"decide() does not take {a.action!r} alerts")
-    g2 = _remember(_prune(g2, now), a.id, outs)
-    return Step(g2, tuple(outs))
+    g2 = _remember(_prune(g2, now), a, outs, seq_base)
+    return Step(g2, tuple(outs), seq_base=seq_base)
 
 
 def _replay(g: GroupState, rec: Applied, a: Alert) -> tuple[IncidentChangeOut, ...]:
@@ -298,7 +313,8 @@ def group_to_dict(g: GroupState) -> dict[str, Any]:
     return {
         "k": g.group_key, "n": g.counter, "cur": g.current, "m": g.members,
         "inc": {iid: _inc_to_dict(i) for iid, i in g.incidents.items()},
-        "ap": [[r.alert_id, [list(o) for o in r.outputs]] for r in g.applied],
+        "ap": [[r.alert_id, [list(o) for o in r.outputs], r.seq_base] for r in g.applied],
+        "mk": {str(p): o for p, o in g.marks.items()},
     }
 
 
@@ -306,7 +322,9 @@ def group_from_dict(d: dict[str, Any]) -> GroupState:
     return GroupState(
         group_key=d["k"], counter=d["n"], current=d["cur"], members=dict(d["m"]),
         incidents={iid: Incident(**v) for iid, v in d["inc"].items()},
-        applied=tuple(Applied(r[0], tuple((o[0], o[1], o[2]) for o in r[1])) for r in d["ap"]),
+        applied=tuple(Applied(r[0], tuple((o[0], o[1], o[2]) for o in r[1]), r[2] if len(r) > 2 else 0)
+                      for r in d["ap"]),
+        marks={int(p): o for p, o in (d.get("mk") or {}).items()},
     )
 
 

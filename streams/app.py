@@ -159,6 +159,7 @@ class Pipeline:
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
         self.groups = app.Table("groups", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
+        self.aliases = app.Table("aliases", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
         self.delivered = app.Table("pd-delivered", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
         self.parked = app.Table("pd-parked", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
@@ -204,7 +205,8 @@ class Pipeline:
                 continue
             try:
                 for a in alerts:
-                    en = enrich(a, cat).alert
+                    en = self._identity(enrich(a, cat).alert).with_(raw_partition=msg.partition,
+                                                                    raw_offset=msg.offset)
                     if not en.routing_key:
                         await self._dead_letter("enrich", "no routing key for alert " + a.dedup_key[:64], None, msg)
                         continue
@@ -219,47 +221,86 @@ class Pipeline:
             yield None
 
     async def _agent_incidents(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        """Decide a batch, make the new group states durable, then publish the decisions.
+
+        An output is never visible before the state that produced it is in the changelog, so a crash
+        at any point replays into a state that recognises the replay (see processors/incident.py).
+        """
         await self.catalog.ready.wait()
-        m = self.metrics
-        async for event in stream.events():
-            t0 = time.perf_counter()
-            msg = event.message
-            value: bytes = event.value
-            try:
-                if value[2:10] == self.fp_tick:
-                    tick = self.codecs["tick"].decode(value)
-                    await self._on_tick(msg.partition, tick["now"], msg.offset)
+        async for events in stream.take_events(500, within=0.01):
+            pending: list[tuple[tuple[IncidentChangeOut, ...], int]] = []
+            changes: list[tuple[Alert, int]] = []
+            for event in events:
+                _current_event.set(weakref.ref(event))
+                t0 = time.perf_counter()
+                try:
+                    out = await self._decide_one(event, changes)
+                except Exception as e:  # never let one record stop the partition
+                    if not isinstance(e, DecodeError):
+                        log.exception("incident stage failed")
+                    await self._dead_letter("incident", str(e)[:2000], e, event.message)
                     continue
-                a = Alert.from_record(self.codecs["alert"].decode(value))
-            except Exception as e:  # never let one record stop the partition
-                if not isinstance(e, DecodeError):
-                    log.exception("incident stage: tick or decode failed")
-                await self._dead_letter("incident", str(e)[:2000], e, msg)
-                continue
-            try:
-                if a.action == "change":
-                    await self._emit_change(a, msg.offset)
-                    m.records.labels("incident", "change").inc()
-                    continue
-                key = a.group_key.encode()
-                stored = self.groups.get(key)
-                state = group_from_dict(stored) if stored else None
-                step = decide(state, a, self._grouping_for(a))
-                if not step.replayed:
-                    d = group_to_dict(step.state)
-                    d["p"] = msg.partition
-                    self.groups[key] = d
-                    due = _next_due(step.state)
-                    if due is not None:
-                        heapq.heappush(self._deadlines.setdefault(msg.partition, []), (due, a.group_key))
-                await self._emit(step.outputs, msg.offset)
-                m.records.labels("incident", step.outputs[0].change if step.outputs else "none").inc()
-            except Exception as e:
-                log.exception("incident step failed")
-                await self._dead_letter("incident", f"internal error: {e}"[:2000], e, msg)
-                continue
-            m.stage_latency.labels("incident").observe(time.perf_counter() - t0)
+                if out is not None:
+                    pending.append(out)
+                self.metrics.stage_latency.labels("incident").observe(time.perf_counter() - t0)
+            await self.app.producer.flush()
+            for outs, seq_base in pending:
+                await self._emit(outs, seq_base)
+            for a, seq in changes:
+                await self._emit_change(a, seq)
             yield None
+
+    async def _decide_one(self, event: Any, changes: list[tuple[Alert, int]]
+                          ) -> tuple[tuple[IncidentChangeOut, ...], int] | None:
+        msg = event.message
+        value: bytes = event.value
+        seq_base = (msg.offset + 1) * SEQ_SLOTS
+        if value[2:10] == self.fp_tick:
+            tick = self.codecs["tick"].decode(value)
+            outs = self._on_tick(msg.partition, tick["now"])
+            return (outs, seq_base) if outs else None
+        a = Alert.from_record(self.codecs["alert"].decode(value))
+        if a.action == "change":
+            changes.append((a, seq_base))
+            self.metrics.records.labels("incident", "change").inc()
+            return None
+        key = a.group_key.encode()
+        stored = self.groups.get(key)
+        state = group_from_dict(stored) if stored else None
+        step = decide(state, a, self._grouping_for(a), seq_base)
+        if not step.replayed:
+            d = group_to_dict(step.state)
+            d["p"] = msg.partition
+            self.groups[key] = d
+            due = _next_due(step.state)
+            if due is not None:
+                heapq.heappush(self._deadlines.setdefault(msg.partition, []), (due, a.group_key))
+        self.metrics.records.labels("incident", step.outputs[0].change if step.outputs else "replay").inc()
+        return (step.outputs, step.seq_base) if step.outputs else None
+
+    def _identity(self, a: Alert) -> Alert:
+        """Give acknowledge/resolve events the identity their trigger was enriched with.
+
+        A PagerDuty-shaped resolve usually has no payload, so catalog matchers on source or component
+        cannot match it; without this it would keep the sender's routing key and group key and miss
+        its incident. Keyed by the *incoming* routing key + dedup_key, which is also the alerts.raw key
+        of PagerDuty-shaped events, so trigger and resolve meet on one partition.
+        """
+        alias_key = f"{short_hash(a.routing_key)}:{a.dedup_key}".encode()
+        if a.action == "trigger":
+            if a.service is not None:
+                want = {"service": a.service, "team": a.team, "tier": a.tier, "runbook_url": a.runbook_url,
+                        "routing_key": a.routing_key, "group_key": a.group_key}
+                if self.aliases.get(alias_key) != want:
+                    self.aliases[alias_key] = want
+            return a
+        if a.action in ("acknowledge", "resolve") and a.service is None:
+            known = self.aliases.get(alias_key)
+            if known:
+                if a.action == "resolve":
+                    del self.aliases[alias_key]  # the alert's life is over; a late repeat is dropped anyway
+                return a.with_(**known)
+        return a
 
     def _grouping_for(self, a: Alert) -> Grouping:
         cat = self.catalog.current
@@ -271,7 +312,7 @@ class Pipeline:
         return Grouping(mode=spec.grouping.mode, window_ms=window,  # type: ignore[arg-type]
                         auto_resolve_ms=spec.auto_resolve_seconds * 1000)
 
-    async def _on_tick(self, partition: int, now: int, offset: int) -> None:
+    def _on_tick(self, partition: int, now: int) -> tuple[IncidentChangeOut, ...]:
         if partition not in self._scanned:  # first tick after (re)assignment: rebuild the deadline heap
             heap: list[tuple[int, str]] = []
             for k, d in self.groups.items():
@@ -283,8 +324,8 @@ class Pipeline:
             self._deadlines[partition] = heap
             self._scanned.add(partition)
         heap = self._deadlines.get(partition, [])
-        slot = 0
-        while heap and heap[0][0] <= now:
+        outs: list[IncidentChangeOut] = []
+        while heap and heap[0][0] <= now and len(outs) < SEQ_SLOTS:
             _, gk = heapq.heappop(heap)
             key = gk.encode()
             stored = self.groups.get(key)
@@ -293,9 +334,10 @@ class Pipeline:
             g = group_from_dict(stored)
             step = expire(g, now)
             g2 = step.state or g
-            if step.outputs:
-                await self._emit(step.outputs, offset, first_slot=slot)
-                slot += len(step.outputs)
+            if len(outs) + len(step.outputs) > SEQ_SLOTS:  # keep seqs unique: the rest waits for the next tick
+                heapq.heappush(heap, (now, gk))
+                break
+            outs.extend(step.outputs)
             if is_forgettable(g2, now):
                 del self.groups[key]
                 continue
@@ -304,8 +346,9 @@ class Pipeline:
                 d["p"] = partition
                 self.groups[key] = d
             due = _next_due(g2)
-            if due is not None and due > now:
-                heapq.heappush(heap, (due, gk))
+            if due is not None:
+                heapq.heappush(heap, (max(due, now + 1), gk))
+        return tuple(outs)
 
     async def _send_ticks(self) -> None:
         now = int(time.time() * 1000)
@@ -319,8 +362,8 @@ class Pipeline:
                     key=b"__tick__", value=self.codecs["tick"].encode({"partition": tp.partition, "now": now}),
                     partition=tp.partition)
 
-    async def _emit(self, outs: tuple[IncidentChangeOut, ...], offset: int, first_slot: int = 0) -> None:
-        for i, o in enumerate(outs, start=first_slot):
+    async def _emit(self, outs: tuple[IncidentChangeOut, ...], seq_base: int) -> None:
+        for i, o in enumerate(outs):
             inc = o.incident
             rec = {
                 "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
@@ -342,7 +385,7 @@ class Pipeline:
             stream_key = f"{short_hash(inc.routing_key)}:{inc.pd_dedup_key}"
             ev = {
                 "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
-                "stream_key": stream_key, "seq": (offset + 1) * SEQ_SLOTS + i, "endpoint": "enqueue",
+                "stream_key": stream_key, "seq": seq_base + i, "endpoint": "enqueue",
                 "action": o.pd_action, "routing_key": inc.routing_key, "dedup_key": inc.pd_dedup_key,
                 "body_json": body, "created_at": o.alert.received_at if o.alert else int(time.time() * 1000),
                 "attempt": 0, "not_before": 0, "last_error": None,
@@ -377,7 +420,7 @@ class Pipeline:
         )
         return encode_body(built.body)
 
-    async def _emit_change(self, a: Alert, offset: int) -> None:
+    async def _emit_change(self, a: Alert, seq: int) -> None:
         try:
             details = json.loads(a.custom_details_json or "{}")
         except ValueError:
@@ -387,7 +430,7 @@ class Pipeline:
                              links=[{"href": x.href, **({"text": x.text} if x.text else {})} for x in a.links],
                              timestamp_ms=a.event_time)
         stream_key = f"{short_hash(a.routing_key)}:change"
-        ev = {"event_id": a.id, "incident_id": "", "stream_key": stream_key, "seq": (offset + 1) * SEQ_SLOTS,
+        ev = {"event_id": a.id, "incident_id": "", "stream_key": stream_key, "seq": seq,
               "endpoint": "change", "action": "change", "routing_key": a.routing_key, "dedup_key": a.dedup_key,
               "body_json": encode_body(built.body), "created_at": a.received_at, "attempt": 0, "not_before": 0,
               "last_error": None}
