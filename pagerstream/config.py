@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlparse
 
+from pagerstream.netguard import outbound_url_problem
+
 
 class ConfigError(ValueError):
     def __init__(self, problems: list[tuple[str, str]]):
@@ -105,7 +107,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     v = get("KAFKA_BOOTSTRAP_SERVERS")
     if v is not None:
         hosts = [h.strip() for h in v.split(",") if h.strip()]
-        if not hosts or not all(_HOSTPORT.match(h.split("://")[-1]) for h in hosts):
+        if not hosts or not all(_HOSTPORT.match(h.split("://")[-1]) and 0 < int(h.rsplit(":", 1)[1]) < 65536
+                                and not h.split("://")[-1].startswith(":") for h in hosts):
             problems.append(("KAFKA_BOOTSTRAP_SERVERS", "expected host:port[,host:port...], e.g. 127.0.0.1:9092"))
         else:
             kw["kafka_bootstrap_servers"] = ",".join(h.split("://")[-1] for h in hosts)
@@ -116,6 +119,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if u.scheme not in ("redis", "rediss", "unix") or (u.scheme != "unix" and not u.hostname):
             problems.append(("REDIS_URL", "expected redis://host:port/db, rediss://… or unix://path"))
         else:
+            if u.password:  # keep the password out of the URL (which gets logged) and in a Secret
+                kw["redis_password"] = Secret(u.password)
+                netloc = u.hostname + (f":{u.port}" if u.port else "")
+                if u.username and u.username != "default":
+                    netloc = f"{u.username}@{netloc}"
+                v = u._replace(netloc=netloc).geturl()
             kw["redis_url"] = v
     if (v := get("REDIS_PASSWORD")) is not None:
         kw["redis_password"] = Secret(v)
@@ -147,12 +156,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     v = get("PAGERDUTY_EVENTS_URL")
     if v:
         u = urlparse(v)
-        if u.scheme not in ("https", "http") or not u.hostname or u.query or u.fragment:
-            problems.append(("PAGERDUTY_EVENTS_URL", "expected a base URL like https://events.pagerduty.com"))
-        elif u.scheme == "http" and not allow_private:
-            problems.append(
-                ("PAGERDUTY_EVENTS_URL", "plain http is only allowed with PAGERSTREAM_ALLOW_PRIVATE_PD_URL=true (sandbox)")
-            )
+        if u.scheme not in ("https", "http") or not u.hostname or u.query or u.fragment or "/v2/" in u.path + "/":
+            problems.append(("PAGERDUTY_EVENTS_URL", "expected a base URL like https://events.pagerduty.com "
+                                                     "(without /v2/enqueue)"))
+        elif why := outbound_url_problem(v, allow_private=allow_private):
+            problems.append(("PAGERDUTY_EVENTS_URL", why))
         else:
             kw["pagerduty_events_url"] = v.rstrip("/")
     v = get("AI_MODEL_ENDPOINT")
@@ -160,6 +168,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         u = urlparse(v)
         if u.scheme not in ("https", "http") or not u.hostname:
             problems.append(("AI_MODEL_ENDPOINT", "expected an http(s) URL of an OpenAI-compatible API"))
+        elif why := outbound_url_problem(v, allow_private=allow_private):
+            problems.append(("AI_MODEL_ENDPOINT", why))
         else:
             kw["ai_model_endpoint"] = v
     v = get("ML_PREDICTION_THRESHOLD")
@@ -204,7 +214,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                     raise ValueError
                 kw[attr] = x
             except ValueError:
-                problems.append((name, f"expected a {conv.__name__} between {lo} and {hi}"))
+                problems.append((name, f"expected {'an integer' if conv is int else 'a number'} between {lo} and {hi}"))
     for name, attr in (("PAGERSTREAM_APP_ID", "app_id"), ("PAGERSTREAM_TOPIC_PREFIX", "topic_prefix")):
         v = get(name)
         if v:

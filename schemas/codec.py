@@ -129,7 +129,10 @@ def decode_any(data: bytes | None) -> Any:
     if len(data) >= HEADER_LEN and data[:2] == MARKER:
         writer = reg.by_fingerprint.get(bytes(data[2:HEADER_LEN]))
         if writer is not None:
-            rec = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, None)
+            try:
+                rec = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, None)
+            except Exception as e:  # corrupt body: show it rather than crash a `tail`
+                return {"_error": f"corrupt Avro body: {type(e).__name__}", "_hex": bytes(data[:64]).hex()}
             name = writer.get("name", "") if isinstance(writer, dict) else ""
             return {"_schema": name, **rec} if isinstance(rec, dict) else rec
     try:

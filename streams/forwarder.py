@@ -38,8 +38,14 @@ local ts = tonumber(s[2])
 if tokens == nil then tokens = burst; ts = now end
 if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000.0); ts = now end
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000.0 / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.max(1, math.ceil((1 - tokens) * 1000.0 / rate))
+  while tokens + wait * rate / 1000.0 < 1 do wait = wait + 1 end
+  while wait > 1 and tokens + (wait - 1) * rate / 1000.0 >= 1 do wait = wait - 1 end
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000.0 / rate) + 60000)
 return wait
 """

@@ -176,3 +176,24 @@ def test_memory_is_bounded():
     assert len(g.applied) == APPLIED_MEMORY
     assert len(group_to_dict(g)["ap"]) == APPLIED_MEMORY
     assert replace(g).counter == 1
+
+
+def test_replay_by_raw_position_beyond_memory_emits_nothing():
+    """A normalize-stage replay re-publishes alerts at new offsets but with their alerts.raw position;
+    anything at or below the group's mark for that raw partition is a replay."""
+    alerts = [replace(alert(i, "trigger" if i % 2 else "resolve"), raw_partition=3, raw_offset=i)
+              for i in range(1, 2 * APPLIED_MEMORY + 3)]
+    g, outs = run(alerts)
+    assert g.marks == {3: alerts[-1].raw_offset}
+    old = replace(alerts[0], id="other-id:0")  # same raw position, forgotten id
+    step = decide(g, old, Grouping(), seq_base=999)
+    assert step.replayed and step.outputs == () and step.state == g
+
+
+def test_replay_reuses_the_original_seq_base():
+    a1 = replace(alert(1), raw_partition=0, raw_offset=10)
+    g = decide(None, a1, Grouping(), seq_base=88).state
+    again = decide(g, a1, Grouping(), seq_base=4242)  # re-published at a later offset
+    assert again.replayed and again.seq_base == 88
+    assert [o.pd_action for o in again.outputs] == ["trigger"]
+    assert group_from_dict(group_to_dict(g)).applied[0].seq_base == 88
