@@ -181,13 +181,12 @@ class CpuMeter:
 # --- alert bodies --------------------------------------------------------------------------------------
 
 def trigger_body(i: int, dedup_key: str, *, routing_key: str = ROUTING_KEY, sent_at: float | None = None) -> dict:
-    """A PagerDuty Events v2 trigger of realistic size (~600 bytes of JSON)."""
+    """A PagerDuty Events v2 trigger of realistic size (~670 bytes of JSON, ~750 as a RawAlert)."""
     svc = SERVICES[i % len(SERVICES)]
     region = REGIONS[i % len(REGIONS)]
     details: dict[str, Any] = {
         "error_rate": round(0.02 + (i % 50) / 1000, 3), "p99_ms": 250 + i % 900, "region": region,
         "pod": f"{svc}-{i % 17}-7c9f8d{i % 10}", "build": "2024.11.3-9a1b2c3",
-        "query": f'sum(rate(http_requests_total{{service="{svc}",code=~"5.."}}[5m])) > 0.02',
     }
     if sent_at is not None:
         details["sent_at"] = sent_at
@@ -448,9 +447,19 @@ async def bench_pipeline(ctx: Ctx, n: int, mix: str) -> dict[str, Any]:
         "first_s": (t_first - t_spawn) if t_first else None, "done_s": (t_done - t_spawn) if t_done else None,
         "incidents": done, "outbox": final[t_out], "dead_letters": final[t_dlq], "normalized": final[t_norm],
         "rate": rate, "rate_from_ready": (min(done, n) / (end - t_ready)) if t_ready and end > t_ready else None,
-        "complete": t_done is not None, "cpu": cpu.text() if cpu else "", "stage_ms": stage,
+        "steady_rate": _steady_rate(samples, n), "complete": t_done is not None,
+        "cpu": cpu.text() if cpu else "", "stage_ms": stage,
         "log_tail": log_tail, "curve": _curve(samples, t_first),
     }
+
+
+def _steady_rate(samples: list[tuple[float, int]], n: int) -> float | None:
+    """Rate between 10 % and 90 % of n: the middle of the run, without warm-up and tail."""
+    lo = next(((t, c) for t, c in samples if c >= 0.1 * n), None)
+    hi = next(((t, c) for t, c in samples if c >= 0.9 * n), None)
+    if not lo or not hi or hi[0] <= lo[0]:
+        return None
+    return (hi[1] - lo[1]) / (hi[0] - lo[0])
 
 
 def _stage_times(metrics: str) -> dict[str, float]:
@@ -517,7 +526,7 @@ async def paced_produce(topic: str, rate: float, seconds: float, run: str, tag: 
         await p.stop()
 
 
-async def bench_latency(ctx: Ctx, rate: float, seconds: float) -> dict[str, Any]:
+async def bench_latency(ctx: Ctx, rate: float, seconds: float, drain_limit: float) -> dict[str, Any]:
     import httpx
 
     from pagerstream.localrun import start_sandbox
@@ -529,40 +538,56 @@ async def bench_latency(ctx: Ctx, rate: float, seconds: float) -> dict[str, Any]
                                           extra={"PAGERSTREAM_PD_RATE": "10000", "PAGERSTREAM_PD_BURST": "10000"})
     rk = ("LAT" + uuid.uuid4().hex.upper())[:32]
     w = None
+    watch = OffsetWatch([prefix + t for t in ("alerts.raw", "alerts.normalized", "incidents", "pagerduty.outbox")])
+    progress: list[tuple[float, dict[str, int]]] = []
     try:
         w = await asyncio.to_thread(launch_worker, ctx, env, "worker-lat", True)
+        await watch.start()
         topic = prefix + "alerts.raw"
         async with httpx.AsyncClient(timeout=60) as http:
-            # warm-up: a few alerts all the way through, then wipe the sandbox
+            async def delivered() -> int:
+                return int((await http.get(f"{sb.url}/sandbox/stats")).json()["requests"])
+
+            async def sample(t0: float) -> dict[str, int]:
+                c = {k.removeprefix(prefix): v for k, v in (await watch.counts()).items()}
+                c["delivered"] = await delivered()
+                progress.append((time.perf_counter() - t0, c))
+                return c
+
+            # warm-up: 100 alerts all the way through (connections, assignment), then wipe the sandbox
             await paced_produce(topic, 100, 1.0, ctx.run, "warm", rk)
             t_w = time.monotonic()
-            while time.monotonic() - t_w < 60:
-                r = (await http.get(f"{sb.url}/sandbox/requests", params={"routing_key": rk})).json()
-                if r["count"] >= 100:
-                    break
+            while await delivered() < 100 and time.monotonic() - t_w < 60:
                 await asyncio.sleep(0.5)
             await http.post(f"{sb.url}/sandbox/reset")
+            base = {k.removeprefix(prefix): v for k, v in (await watch.counts()).items()}
 
             cpu = CpuMeter({"worker": w.proc.popen.pid, "kafka": kafka_pid(), "sandbox": sb.proc.popen.pid,
-                            "bench(producer)": os.getpid()}).start()
-            sent, elapsed = await paced_produce(topic, rate, seconds, ctx.run, "lat", rk)
+                            "bench": os.getpid()}).start()
+            t0 = time.perf_counter()
+            sender = asyncio.ensure_future(paced_produce(topic, rate, seconds, ctx.run, "lat", rk))
+            while not sender.done():
+                await asyncio.wait([sender], timeout=1.0)
+                if not sender.done():
+                    await sample(t0)
+            sent, elapsed = sender.result()
+            t_last_send = time.time()
             cpu.stop()
-            # drain: wait until everything arrived or nothing moved for 15 s
+            at_end = await sample(t0)
+            # drain: until everything arrived, nothing moved for 10 s, or the drain limit
             last, last_change, t_d = -1, time.monotonic(), time.monotonic()
             while True:
-                r = (await http.get(f"{sb.url}/sandbox/stats")).json()
-                cnt = r["requests"]
+                cnt = (await sample(t0))["delivered"]
                 if cnt != last:
                     last, last_change = cnt, time.monotonic()
-                if cnt >= sent or time.monotonic() - last_change > 15 or time.monotonic() - t_d > max(60, 3 * seconds):
+                if cnt >= sent or time.monotonic() - last_change > 10 or time.monotonic() - t_d > drain_limit:
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
             drain_s = time.monotonic() - t_d
+            t_stop = time.time()
             reqs = (await http.get(f"{sb.url}/sandbox/requests", params={"routing_key": rk})).json()["requests"]
-        metrics = ""
-        with contextlib.suppress(Exception):
-            metrics = w.metrics()
     finally:
+        await watch.stop()
         if w:
             CLEANUP.stop(w.proc)
         CLEANUP.stop(sb.proc)
@@ -578,29 +603,29 @@ async def bench_latency(ctx: Ctx, rate: float, seconds: float) -> dict[str, Any]
             continue
         lat.append((sent_at, q["time"] - sent_at))
     lat.sort()
-    ms = [x * 1000 for _, x in lat]
+    # alerts not delivered by the end count as "at least (end - sent)": percentiles become lower bounds
+    missing = max(0, sent - len(lat))
+    ms = [x * 1000 for _, x in lat] + [float("inf")] * missing
     recv = sorted(q["time"] for q in reqs)
     series = []
     if lat:
-        t0 = lat[0][0]
-        for s in range(0, int(seconds) + 1, max(1, int(seconds) // 5)):
-            win = [x * 1000 for t, x in lat if s <= t - t0 < s + max(1, int(seconds) // 5)]
+        t_first = lat[0][0]
+        step = max(1, int(seconds) // 5)
+        for s0 in range(0, int(seconds), step):
+            win = [x * 1000 for t, x in lat if s0 <= t - t_first < s0 + step]
             if win:
-                series.append((s, len(win), pct(win, 50), pct(win, 99)))
+                series.append((s0, len(win), pct(win, 50), pct(win, 99)))
+    backlog = {k: at_end[k] - base.get(k, 0) for k in ("alerts.raw", "alerts.normalized", "incidents",
+                                                         "pagerduty.outbox")}
+    backlog["delivered"] = at_end["delivered"]
     return {
         "target_rate": rate, "seconds": seconds, "sent": sent, "produce_rate": sent / elapsed,
-        "delivered": len(lat), "statuses": statuses, "drain_s": drain_s,
+        "delivered": len(lat), "missing": missing, "statuses": statuses, "drain_s": drain_s,
+        "wait_bound_ms": (t_stop - t_last_send) * 1000,
         "delivered_rate": (len(recv) - 1) / (recv[-1] - recv[0]) if len(recv) > 1 else 0.0,
         "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99), "max": max(ms) if ms else float("nan"),
-        "series": series, "cpu": cpu.text(), "e2e_metric": _e2e_from_metrics(metrics),
+        "series": series, "cpu": cpu.text(), "at_end_of_sending": backlog,
     }
-
-
-def _e2e_from_metrics(text: str) -> str:
-    for line in text.splitlines():
-        if line.startswith("pagerstream_") and "e2e" in line and line.split()[0].endswith("_count"):
-            return line
-    return ""
 
 
 # --- 4. HTTP ingress -----------------------------------------------------------------------------------
@@ -779,6 +804,13 @@ def fmt(x: Any, nd: int = 0) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def fmt_ms(x: float, lt: dict[str, Any]) -> str:
+    """A latency in ms; an undelivered alert shows as a lower bound."""
+    if x == float("inf"):
+        return f"> {lt['wait_bound_ms'] / 1000:,.0f} s" if lt.get("wait_bound_ms") else "not delivered"
+    return f"{fmt(x, 1)} ms"
+
+
 def env_info() -> dict[str, str]:
     def sh(*a: str) -> str:
         try:
@@ -834,15 +866,18 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
         t = res.get(key)
         if t:
             label = "distinct keys" if t["mix"] == "distinct" else "90% repeats of 100 keys"
-            rows.append((f"2 Pipeline raw->incidents, 1 worker, {label}", f"{fmt(t['rate'])} alerts/s",
+            rows.append((f"2 Pipeline raw->incidents, 1 worker, {label}", f"{fmt(t['rate'])} /s",
                          f">= {fmt(TARGET_PIPELINE)}", verdict(t["rate"], TARGET_PIPELINE)
                          + ("" if t["complete"] else " (incomplete)")))
     lt = res.get("latency")
     if lt:
         rows.append((f"3 Latency produce->PD call @ {fmt(lt['target_rate'])}/s, p99",
-                     f"{fmt(lt['p99'], 1)} ms", f"<= {fmt(TARGET_P99_MS)} ms",
+                     fmt_ms(lt["p99"], lt), f"<= {fmt(TARGET_P99_MS)} ms",
                      verdict(lt["p99"], TARGET_P99_MS, higher_is_better=False)
-                     + ("" if lt["delivered"] >= lt["sent"] else f" ({lt['sent'] - lt['delivered']} missing)")))
+                     + ("" if not lt["missing"] else f" ({fmt(lt['missing'])} not delivered in time)")))
+        rows.append(("3 ... rate the pipeline delivered to PagerDuty meanwhile", f"{fmt(lt['delivered_rate'])}/s",
+                     f"{fmt(lt['target_rate'])}/s offered", "keeps up" if lt["delivered_rate"] >= 0.97 *
+                     lt["target_rate"] and not lt["missing"] else "FALLS BEHIND"))
     ig = res.get("ingress")
     if ig:
         only202 = set(ig["ingress"]["statuses"]) <= {"202"}
@@ -874,12 +909,12 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
           f"pre-produced in {t['preproduce_s']:.1f} s, then one worker --no-forwarder started")
         w(f"    worker spawn -> ready {fmt(t['ready_s'], 1)} s, -> first incident {fmt(t['first_s'], 1)} s, "
           f"-> all {fmt(t['done_s'], 1)} s" + ("" if t["complete"] else "  (NOT all processed within the limit)"))
-        w(f"    rate from first incident record to the Nth (excludes start-up): {fmt(t['rate'])} alerts/s;"
-          f" from ready: {fmt(t['rate_from_ready'])} alerts/s")
+        w(f"    rate from the first incident record to the Nth (excludes start-up): {fmt(t['rate'])} alerts/s; "
+          f"from /readyz: {fmt(t['rate_from_ready'])}/s; steady (10%..90% of N): {fmt(t['steady_rate'])}/s")
         w(f"    incidents {fmt(t['incidents'])}, normalized {fmt(t['normalized'])} (incl. ticks), outbox (pages) "
           f"{fmt(t['outbox'])}, dead letters {fmt(t['dead_letters'])}; CPU while processing: {t['cpu']}")
         if t.get("stage_ms"):
-            w("    mean time per record inside the agents' own code (worker's stage_latency histogram): "
+            w("    mean wall time per record in each agent body incl. its awaits (worker's stage_latency histogram): "
               + ", ".join(f"{k} {v:.2f} ms" for k, v in t["stage_ms"].items()))
         if t["curve"]:
             pts = t["curve"]
@@ -890,12 +925,17 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
         w(f"[3] Latency: {fmt(lt['sent'])} distinct triggers at a target {fmt(lt['target_rate'])}/s for "
           f"{lt['seconds']:g} s (achieved produce rate {fmt(lt['produce_rate'])}/s); PD rate limit raised to 10000/s")
         w(f"    delivered to the sandbox {fmt(lt['delivered'])}/{fmt(lt['sent'])} at {fmt(lt['delivered_rate'])}/s "
-          f"(drain {lt['drain_s']:.1f} s after the last send); sandbox statuses {lt['statuses']}")
-        w(f"    latency = sandbox receive time - custom_details.sent_at: p50 {fmt(lt['p50'], 1)} ms, "
-          f"p95 {fmt(lt['p95'], 1)} ms, p99 {fmt(lt['p99'], 1)} ms, max {fmt(lt['max'], 1)} ms")
+          f"(waited {lt['drain_s']:.1f} s after the last send, limit {args.drain_limit:g} s); "
+          f"sandbox statuses {lt['statuses']}")
+        w(f"    latency = sandbox receive time - custom_details.sent_at: p50 {fmt_ms(lt['p50'], lt)}, "
+          f"p95 {fmt_ms(lt['p95'], lt)}, p99 {fmt_ms(lt['p99'], lt)}, max {fmt_ms(lt['max'], lt)}")
+        e = lt["at_end_of_sending"]
+        w(f"    when the last alert was sent: alerts.raw {fmt(e['alerts.raw'])}, normalized {fmt(e['alerts.normalized'])}"
+          f" (incl. ticks), incidents {fmt(e['incidents'])}, outbox {fmt(e['pagerduty.outbox'])}, "
+          f"delivered {fmt(e['delivered'])}")
         if lt["series"]:
-            w("    by send time (s: n, p50, p99 ms): " + "; ".join(
-                f"{s}s: {n}, {a:.0f}, {b:.0f}" for s, n, a, b in lt["series"]))
+            w("    latency by send time (second: n, p50 ms, p99 ms): " + "; ".join(
+                f"{s}: {n}, {a:,.0f}, {b:,.0f}" for s, n, a, b in lt["series"]))
         w(f"    CPU during the steady phase: {lt['cpu']}")
     if ig:
         b, r = ig["baseline"], ig["ingress"]
@@ -903,7 +943,7 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
           " a new dedup_key per request")
         w(f"    worker  : {fmt(r['rate'])} req/s, statuses {r['statuses']}, socket errors {r['errors']}, "
           f"latency p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms; records landed in alerts.raw "
-          f"{fmt(r['in_kafka'])}; CPU: {r['cpu']}")
+          f"{fmt(r['in_kafka'])} (>= the 202s: requests in flight when wrk stops also land); CPU: {r['cpu']}")
         w(f"    baseline: {fmt(b['rate'])} req/s, statuses {b['statuses']}, latency p50 {b['p50_ms']:.1f} ms "
           f"p99 {b['p99_ms']:.1f} ms; CPU: {b['cpu']}")
         w(f"    load generator: {r['cmd']}")
@@ -921,7 +961,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--n", type=int, help="records for the Kafka baseline and each pipeline mix")
     ap.add_argument("--rate", type=float, default=1000.0, help="steady produce rate for the latency phase")
     ap.add_argument("--latency-seconds", type=float, help="length of the steady phase (20, quick 5)")
-    ap.add_argument("--ingress-seconds", type=float, help="length of each load run (15, quick 5)")
+    ap.add_argument("--drain-limit", type=float, help="max wait for the latency backlog after sending (40, quick 15)")
+    ap.add_argument("--ingress-seconds", type=float, help="length of each load run (15, quick 4)")
     ap.add_argument("--conns", type=int, default=64, help="HTTP connections of the load generator")
     ap.add_argument("--only", default="kafka,throughput,latency,ingress",
                     help="comma list of phases: kafka,throughput,latency,ingress")
@@ -929,9 +970,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--keep-topics", action="store_true", help="do not delete this run's topics at the end")
     ap.add_argument("--keep-logs", action="store_true", help="keep the process logs directory")
     a = ap.parse_args(argv)
-    a.n = a.n or (10_000 if a.quick else 40_000)
+    a.n = a.n or (5_000 if a.quick else 30_000)
     a.latency_seconds = a.latency_seconds or (5.0 if a.quick else 20.0)
-    a.ingress_seconds = a.ingress_seconds or (5.0 if a.quick else 15.0)
+    a.drain_limit = a.drain_limit or (15.0 if a.quick else 40.0)
+    a.ingress_seconds = a.ingress_seconds or (4.0 if a.quick else 15.0)
     return a
 
 
@@ -964,9 +1006,9 @@ async def amain(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
     if "latency" in phases:
         say(f"3/4 Latency: {args.rate:,.0f} alerts/s for {args.latency_seconds:g} s through worker + PD sandbox")
         try:
-            res["latency"] = await bench_latency(ctx, args.rate, args.latency_seconds)
+            res["latency"] = await bench_latency(ctx, args.rate, args.latency_seconds, args.drain_limit)
             lt = res["latency"]
-            say(f"    p50 {lt['p50']:.1f} ms, p99 {lt['p99']:.1f} ms, delivered {lt['delivered']}/{lt['sent']}")
+            say(f"    p50 {fmt_ms(lt['p50'], lt)}, p99 {fmt_ms(lt['p99'], lt)}, delivered {lt['delivered']}/{lt['sent']}")
         except Exception as e:
             ctx.notes.append(f"latency phase failed: {e}")
             say(f"    FAILED: {e}")
