@@ -152,18 +152,43 @@ def kafka_pid() -> int | None:
         return None
 
 
+OTHER_LOAD: list[float] = []  # % of a core used by unrelated processes, per measured phase
+
+
+def redis_pid() -> int | None:
+    try:
+        pid = int(Path(REPO / ".stack/redis/redis.pid").read_text().strip())
+        return pid if Path(f"/proc/{pid}").exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine (all cores) from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return (sum(f[:8]) - idle) / CLK
+
+
 class CpuMeter:
-    """CPU seconds used by named processes between start() and stop(), as % of one core."""
+    """CPU used by named processes between start() and stop(), in % of one core, plus what every
+    process outside this benchmark and the Kafka/Redis stack used meanwhile (other people's work)."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = {k: v for k, v in pids.items() if v}
         self.t0 = 0.0
         self.c0: dict[str, float | None] = {}
         self.result: dict[str, float] = {}
+        self.others: float | None = None
+
+    def _ours(self) -> dict[int, float | None]:
+        pids = {os.getpid(), *child_pids(), *(p for p in (kafka_pid(), redis_pid()) if p)}
+        return {p: cpu_seconds(p) for p in pids}
 
     def start(self) -> "CpuMeter":
         self.t0 = time.monotonic()
         self.c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self.m0, self.o0 = machine_busy(), self._ours()
         return self
 
     def stop(self) -> dict[str, float]:
@@ -172,10 +197,17 @@ class CpuMeter:
             c1, c0 = cpu_seconds(p), self.c0.get(k)
             if c1 is not None and c0 is not None:
                 self.result[k] = 100.0 * (c1 - c0) / wall
+        o1 = self._ours()
+        ours = sum((o1[p] or 0) - (self.o0.get(p) or 0) for p in o1 if p in self.o0 and o1[p] is not None)
+        self.others = max(0.0, 100.0 * (machine_busy() - self.m0 - ours) / wall)
+        OTHER_LOAD.append(self.others)
         return self.result
 
     def text(self) -> str:
-        return ", ".join(f"{k} {v:.0f}%" for k, v in self.result.items()) + " (of one core)"
+        t = ", ".join(f"{k} {v:.0f}%" for k, v in self.result.items())
+        if self.others is not None:
+            t += f"; other processes on the machine {self.others:.0f}%"
+        return t + " (100% = one core)"
 
 
 # --- alert bodies --------------------------------------------------------------------------------------
@@ -854,6 +886,11 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
       f"faust-streaming {info['faust']}, broker {info['kafka']} on {BOOTSTRAP} (single node)")
     w("NOTE    : broker, worker, PD sandbox and load generator all share these "
       f"{info['cpus']} cores; no figure here has a core to itself.")
+    if OTHER_LOAD:
+        worst = max(OTHER_LOAD)
+        w(f"LOAD    : processes outside this benchmark and the Kafka/Redis stack used up to {worst:.0f}% of a core "
+          f"during the measured phases" + ("  -> WARNING: the machine was not quiet; figures are disturbed"
+                                          if worst > 20 else " (quiet)"))
     w("=" * 100)
     rows: list[tuple[str, str, str, str]] = []
 

@@ -74,6 +74,7 @@ class Settings:
     pd_timeout_seconds: float = 10.0
     pd_max_inline_retry_seconds: float = 10.0
     allow_private_pd_url: bool = False
+    tick_seconds: float = 5.0
 
     @property
     def events_enqueue_url(self) -> str:
@@ -205,6 +206,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ("PAGERSTREAM_PD_BURST", "pd_burst", int, 1, 10000),
         ("PAGERSTREAM_PD_TIMEOUT", "pd_timeout_seconds", float, 0.1, 120),
         ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "pd_max_inline_retry_seconds", float, 0, 600),
+        ("PAGERSTREAM_TICK_SECONDS", "tick_seconds", float, 0.1, 3600),
     ):
         v = get(name)
         if v:

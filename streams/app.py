@@ -51,7 +51,6 @@ class RuntimeOptions:
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
-    tick_interval_s: float = 5.0
     commit_interval_s: float = 1.0
     enable_forwarder: bool = True
     tls_cert: str | None = None  # serve the ingress over HTTPS (PagerDuty clients insist on https)
@@ -144,6 +143,8 @@ class Pipeline:
             key_serializer="raw",
             value_serializer="json",
             web_ssl_context=_ssl_context(o.tls_cert, o.tls_key),
+            # Bodies up to 2 MB reach the handlers, which answer 400 above PagerDuty's 512 KB limit.
+            web_application_options={"client_max_size": 2 * 1024 * 1024},
         )
         app.pipeline = self
         n = self.topic_names
@@ -169,7 +170,7 @@ class Pipeline:
         if o.enable_forwarder:
             app.agent(self.outbox_topic, name="forward", concurrency=1)(self._agent_forward)
             app.agent(self.retry_topic, name="retry", concurrency=1)(self._agent_retry)
-        app.timer(o.tick_interval_s)(self._send_ticks)
+        app.timer(s.tick_seconds)(self._send_ticks)
 
         router = app.web.web_app.router
         Ingress(self).install(router)

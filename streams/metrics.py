@@ -50,8 +50,6 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.ingress = Counter("pagerstream_ingress_requests", "HTTP ingress requests", ["source", "status"],
                                registry=r)
-        self.incidents_open = Gauge("pagerstream_incidents_open_local",
-                                    "Open incidents on this worker's partitions", registry=r)
         self.catalog_services = Gauge("pagerstream_catalog_services", "Services in the loaded catalog",
                                       registry=r)
 

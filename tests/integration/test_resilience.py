@@ -149,3 +149,66 @@ def test_429_storm_loses_nothing_and_never_exceeds_the_rate(workers, sandbox):
     assert worst <= rate + burst, f"{worst} calls within one second; limit {rate}/s with burst {burst}"
     m = w.metrics()
     assert 'pagerstream_pagerduty_requests_total{outcome="retry",status="429"}' in m
+
+
+AUTO_CATALOG = """
+version: 1
+services:
+  - name: flaky-batch
+    team: data
+    matchers: [{source: "^batch-[0-9]+$"}]
+    auto_resolve_seconds: 2
+"""
+
+
+def test_auto_resolve_after_inactivity(workers, sandbox, tmp_path):
+    cat = tmp_path / "auto.yaml"
+    cat.write_text(AUTO_CATALOG)
+    env = workers.env({"PAGERSTREAM_TICK_SECONDS": "0.5"})
+    w = workers.start(env, catalog=str(cat), name="autoresolve")
+    key = f"auto-{uuid.uuid4().hex[:8]}"
+    body = _trigger(RK_RESTART, key)
+    body["payload"]["source"] = "batch-7"
+    assert httpx.post(w.url + "/v2/enqueue", json=body).status_code == 202
+    acts = eventually(lambda: (x := [c["body"]["event_action"] for c in _pd_calls(sandbox, RK_RESTART)
+                                     if c["body"]["dedup_key"] == key]) and "resolve" in x and x,
+                      timeout=30, what="auto-resolve at PagerDuty")
+    assert acts == ["trigger", "resolve"]
+    bs = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    inc = [r["value"] for r in read_topic(bs, env["PAGERSTREAM_TOPIC_PREFIX"] + "incidents")
+           if r["value"]["pd_dedup_key"] == key]
+    assert [i["change"] for i in inc] == ["opened", "auto_resolved"]
+    assert inc[1]["reason"] == "auto-resolved: no activity for 2s"
+    assert inc[1]["resolved_at"] - inc[0]["opened_at"] >= 2000
+
+
+def test_pagerduty_outage_opens_the_breaker_and_loses_nothing(workers, sandbox):
+    rk = "OUTAGETESTROUTINGKEY000000000001"
+    env = workers.env({"PAGERSTREAM_PD_RATE": "50", "PAGERSTREAM_PD_BURST": "50",
+                       "PAGERSTREAM_PD_INLINE_RETRY_SECONDS": "1"})
+    w = workers.start(env, name="outage")
+    run = uuid.uuid4().hex[:6]
+    keys = [f"outage-{run}-{i}" for i in range(8)]
+    sandbox.faults({"mode": "503", "count": 40})
+    try:
+        for k in keys:
+            assert httpx.post(w.url + "/v2/enqueue", json=_trigger(rk, k)).status_code == 202
+        for k in keys[:4]:
+            assert httpx.post(w.url + "/v2/enqueue", json=_resolve(rk, k)).status_code == 202
+        eventually(lambda: 'pagerstream_pagerduty_breaker_open{routing_key_hint="0001"} 2.0' in w.metrics(),
+                   timeout=60, what="breaker open during the outage")
+    finally:
+        sandbox.faults({"mode": "clear"})
+
+    def delivered():
+        got: dict[str, list[str]] = {}
+        for c in _pd_calls(sandbox, rk):
+            if c["status"] == 202 and c["body"]["dedup_key"].startswith(f"outage-{run}"):
+                got.setdefault(c["body"]["dedup_key"], []).append(c["body"]["event_action"])
+        done = all(got.get(k) for k in keys) and all("resolve" in got[k] for k in keys[:4])
+        return got if done else None
+
+    got = eventually(delivered, timeout=120, interval=1, what="everything delivered after the outage")
+    for k in keys[:4]:
+        assert got[k][0] == "trigger" and got[k][-1] == "resolve", (k, got[k])
+    assert 'pagerstream_pagerduty_parked_total' in w.metrics()

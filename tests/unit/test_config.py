@@ -172,6 +172,7 @@ BAD = [
     ("PAGERSTREAM_PD_BURST", "2.5", "integer between 1 and 10000"),
     ("PAGERSTREAM_PD_TIMEOUT", "121", "number between 0.1 and 120"),
     ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "-1", "number between 0 and 600"),
+    ("PAGERSTREAM_TICK_SECONDS", "0", "number between 0.1 and 3600"),
     ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "inf", "number between 0 and 600"),
     ("PAGERSTREAM_APP_ID", "my app", "letters, digits, '.', '_' or '-'"),
     ("PAGERSTREAM_APP_ID", "a" * 101, "letters, digits"),
