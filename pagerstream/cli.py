@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -108,15 +107,7 @@ def catalog() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def catalog_validate(path: str) -> None:
     """Check a catalog file; print every problem with file, path and reason."""
-    from pagerstream.processors.catalog import load_catalog
-    from pagerstream.processors.errors import CatalogError
-
-    try:
-        c = load_catalog(path)
-    except CatalogError as e:
-        for p, why in e.problems:
-            click.echo(f"{e.file}: {p}: {why}", err=True)
-        sys.exit(1)
+    c = _load_catalog_or_exit(path)
     click.echo(f"{path}: ok, {len(c.services)} services, version {c.version[:12]}")
 
 
@@ -127,18 +118,23 @@ def catalog_publish(path: str) -> None:
     _publish_catalog(_settings(), path)
 
 
-def _publish_catalog(s: Settings, path: str) -> None:
+def _load_catalog_or_exit(path: str) -> Any:
     from pagerstream.processors.catalog import load_catalog
     from pagerstream.processors.errors import CatalogError
-    from pagerstream.streams.catalog_view import publish_catalog
-    from pagerstream.streams.topics import topic_specs
 
     try:
-        c = load_catalog(path)
+        return load_catalog(path)
     except CatalogError as e:
         for p, why in e.problems:
             click.echo(f"{e.file}: {p}: {why}", err=True)
         sys.exit(1)
+
+
+def _publish_catalog(s: Settings, path: str) -> None:
+    from pagerstream.streams.catalog_view import publish_catalog
+    from pagerstream.streams.topics import topic_specs
+
+    c = _load_catalog_or_exit(path)
     asyncio.run(_create_topics(s))
     res = asyncio.run(publish_catalog(s.kafka_bootstrap_servers, topic_specs(s.topic_prefix)["pagerstream.catalog"].name, c))
     click.echo(f"catalog {c.version[:12]}: published {res['published']} services, removed {res['removed']}")

@@ -158,7 +158,7 @@ def start_alertmanager(ingress_url: str, routing_key: str, log_dir: Path) -> tup
     binary = alertmanager_binary()
     if not binary:
         raise RuntimeError("prometheus-alertmanager is not installed (scripts/stack.sh install)")
-    port, cport = free_port(), free_port()
+    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="am-", dir=str(log_dir)))
     (work / "alertmanager.yml").write_text(f"""
 route:
@@ -179,7 +179,7 @@ receivers:
 """)
     proc = start("alertmanager", [binary, f"--config.file={work / 'alertmanager.yml'}",
                                   f"--storage.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                                  f"--cluster.listen-address=", "--log.level=info"], dict(os.environ), log_dir)
+                                  "--cluster.listen-address=", "--log.level=info"], dict(os.environ), log_dir)
     url = f"http://127.0.0.1:{port}"
     if not wait_http(url + "/-/ready", 30):
         proc.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import logging
 import time
 import weakref
@@ -34,9 +33,10 @@ from pagerstream.processors.incident import (
     group_to_dict, is_forgettable, short_hash,
 )
 from pagerstream.processors.normalize import normalize
-from pagerstream.processors.pd_build import build_change, build_event, encode_body
+from pagerstream.processors.outbox import change_event_record, incident_event_record, pagerduty_event_record
 from pagerstream.schemas import AvroCodec, DecodeError, registry
 from pagerstream.streams.catalog_view import CatalogView
+from pagerstream.streams.delivery_agents import DeliveryAgents
 from pagerstream.streams.forwarder import Forwarder, RateLimiter
 from pagerstream.streams.ingress import Ingress
 from pagerstream.streams.metrics import Metrics
@@ -70,7 +70,7 @@ class PagerstreamApp(faust.App):
         await super().on_stop()
 
 
-class Pipeline:
+class Pipeline(DeliveryAgents):
     def __init__(self, settings: Settings, opts: RuntimeOptions | None = None) -> None:
         self.settings = settings
         self.opts = opts or RuntimeOptions()
@@ -365,200 +365,17 @@ class Pipeline:
 
     async def _emit(self, outs: tuple[IncidentChangeOut, ...], seq_base: int) -> None:
         for i, o in enumerate(outs):
-            inc = o.incident
-            rec = {
-                "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
-                "version": inc.version, "change": o.change, "reason": o.reason, "state": inc.state,
-                "alert_id": o.alert.id if o.alert else None, "dedup_key": o.alert.dedup_key if o.alert else None,
-                "pd_dedup_key": inc.pd_dedup_key, "routing_key_hint": inc.routing_key[-4:],
-                "service": inc.service, "team": inc.team, "tier": inc.tier, "runbook_url": inc.runbook_url,
-                "summary": inc.summary, "severity": inc.severity, "open_alerts": inc.open_alerts(),
-                "total_alerts": inc.total_alerts, "duplicates": inc.duplicates, "opened_at": inc.opened_at,
-                "acknowledged_at": inc.acknowledged_at, "resolved_at": inc.resolved_at,
-                "at": o.alert.received_at if o.alert else (inc.resolved_at or inc.last_activity_at),
-                "pagerduty_action": o.pd_action,
-            }
-            await self.incidents_topic.send(key=(inc.incident_id or "none").encode(),
+            rec = incident_event_record(o)
+            await self.incidents_topic.send(key=(rec["incident_id"] or "none").encode(),
                                             value=self.codecs["incident_event"].encode(rec))
-            if o.pd_action is None:
-                continue
-            body = self._pd_body(o)
-            stream_key = f"{short_hash(inc.routing_key)}:{inc.pd_dedup_key}"
-            ev = {
-                "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
-                "stream_key": stream_key, "seq": seq_base + i, "endpoint": "enqueue",
-                "action": o.pd_action, "routing_key": inc.routing_key, "dedup_key": inc.pd_dedup_key,
-                "body_json": body, "created_at": o.alert.received_at if o.alert else int(time.time() * 1000),
-                "attempt": 0, "not_before": 0, "last_error": None,
-            }
-            await self.outbox_topic.send(key=stream_key.encode(), value=self.codecs["pagerduty_event"].encode(ev))
-
-    def _pd_body(self, o: IncidentChangeOut) -> str:
-        inc, a = o.incident, o.alert
-        if o.pd_action != "trigger" or a is None:
-            built = build_event(action=o.pd_action or "resolve", routing_key=inc.routing_key,
-                                dedup_key=inc.pd_dedup_key, summary="", severity="info", origin="",
-                                custom_details=None, links=(), images=())
-            return encode_body(built.body)
-        try:
-            details = json.loads(a.custom_details_json or "{}")
-        except ValueError:
-            details = {"raw": a.custom_details_json}
-        if not isinstance(details, dict):
-            details = {"value": details}
-        details["pagerstream"] = {k: v for k, v in {
-            "incident_id": inc.incident_id, "service": inc.service, "team": inc.team, "tier": inc.tier,
-            "runbook_url": inc.runbook_url, "source": a.source, "reason": o.reason}.items() if v is not None}
-        links = [{"href": x.href, **({"text": x.text} if x.text else {})} for x in a.links]
-        if inc.runbook_url:
-            links.append({"href": inc.runbook_url, "text": "Runbook"})
-        images = [{k: v for k, v in (("src", x.src), ("href", x.href), ("alt", x.alt)) if v} for x in a.images]
-        built = build_event(
-            action="trigger", routing_key=inc.routing_key, dedup_key=inc.pd_dedup_key, summary=a.summary,
-            severity=inc.severity, origin=a.origin, component=a.component, group=a.group, class_=a.class_,
-            custom_details=details, links=links, images=images, client=a.client or "pagerstream",
-            client_url=a.client_url, timestamp_ms=a.event_time,
-        )
-        return encode_body(built.body)
+            ev = pagerduty_event_record(o, seq_base + i, now_ms=int(time.time() * 1000))
+            if ev is not None:
+                await self.outbox_topic.send(key=ev["stream_key"].encode(),
+                                             value=self.codecs["pagerduty_event"].encode(ev))
 
     async def _emit_change(self, a: Alert, seq: int) -> None:
-        try:
-            details = json.loads(a.custom_details_json or "{}")
-        except ValueError:
-            details = {}
-        built = build_change(routing_key=a.routing_key, summary=a.summary, origin=a.origin,
-                             custom_details=details if isinstance(details, dict) else {},
-                             links=[{"href": x.href, **({"text": x.text} if x.text else {})} for x in a.links],
-                             timestamp_ms=a.event_time)
-        stream_key = f"{short_hash(a.routing_key)}:change"
-        ev = {"event_id": a.id, "incident_id": "", "stream_key": stream_key, "seq": seq,
-              "endpoint": "change", "action": "change", "routing_key": a.routing_key, "dedup_key": a.dedup_key,
-              "body_json": encode_body(built.body), "created_at": a.received_at, "attempt": 0, "not_before": 0,
-              "last_error": None}
-        await self.outbox_topic.send(key=stream_key.encode(), value=self.codecs["pagerduty_event"].encode(ev))
-
-    # --- forwarder agents ---------------------------------------------------------------------------
-    async def _agent_forward(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Calls for different stream keys go out concurrently; one key's calls strictly in order.
-
-        A batch is split by Kafka key (= stream_key); each key's events run sequentially in their own
-        task, and the batch's offsets are acknowledged only after every task finished.
-        """
-        while self.forwarder is None:
-            await asyncio.sleep(0.05)
-        async for events in stream.take_events(256, within=0.005):
-            by_key: dict[bytes, list[Any]] = {}
-            for e in events:
-                by_key.setdefault(e.message.key or b"", []).append(e)
-            await asyncio.gather(*(self._forward_key(evs) for evs in by_key.values()))
-            # Make this batch's delivered marks durable before any later call of the same keys goes
-            # out: after a crash, a replay may repeat the last call of a key, never an earlier one.
-            await self.app.producer.flush()
-            yield None
-
-    async def _forward_key(self, events: list[Any]) -> None:
-        for n, event in enumerate(events):
-            if n:
-                await self.app.producer.flush()  # the previous call's delivered mark first (see above)
-            # Table writes go to the partition of "the current event"; in a batch, say which one it is.
-            _current_event.set(weakref.ref(event))
-            msg = event.message
-            try:
-                ev = self.codecs["pagerduty_event"].decode(event.value)
-            except DecodeError as e:
-                await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
-                continue
-            k = ev["stream_key"].encode()
-            done = self.delivered.get(k) or 0
-            if ev["seq"] <= done:
-                self.metrics.records.labels("forward", "already_delivered").inc()
-                continue
-            try:
-                if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
-                    await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
-                    continue
-                await self._deliver(ev, msg, k, inline=True)
-            except Exception as e:  # e.g. Kafka or Redis trouble mid-call: park it, never drop it
-                log.exception("forward failed; parking the event")
-                await self._park(dict(ev, last_error=f"internal: {e}"[:500]), "internal error",
-                                 int(time.time() * 1000) + 5000)
-
-    async def _agent_retry(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        while self.forwarder is None:
-            await asyncio.sleep(0.05)
-        async for event in stream.events():
-            msg = event.message
-            try:
-                ev = self.codecs["pagerduty_event"].decode(event.value)
-            except DecodeError as e:
-                await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
-                continue
-            k = ev["stream_key"].encode()
-            done = self.delivered.get(k) or 0
-            pending = [s for s in (self.parked.get(k) or []) if s > done]
-            if ev["seq"] <= done:
-                self._set_parked(k, pending)
-                continue
-            if pending and min(pending) < ev["seq"]:
-                # Not this key's head yet: go round again behind it (order kept by seq).
-                await self._repark(ev, max(ev["not_before"], int(time.time() * 1000) + 500))
-                continue
-            wait_ms = ev["not_before"] - int(time.time() * 1000)
-            if wait_ms > 0:
-                await asyncio.sleep(min(wait_ms, 30_000) / 1000)
-                if ev["not_before"] - int(time.time() * 1000) > 0:
-                    await self._repark(ev, ev["not_before"])
-                    continue
-            try:
-                await self._deliver(ev, msg, k, inline=False)
-                await self.app.producer.flush()
-            except Exception as e:
-                log.exception("retry failed; parking the event again")
-                await self._repark(dict(ev, last_error=f"internal: {e}"[:500]), int(time.time() * 1000) + 5000)
-            yield None
-
-    async def _deliver(self, ev: dict[str, Any], msg: Any, k: bytes, *, inline: bool) -> None:
-        assert self.forwarder is not None
-        res = await self.forwarder.attempt(ev, inline_budget_s=None if inline else 0.0)
-        now = int(time.time() * 1000)
-        if res.outcome == "delivered":
-            self.delivered[k] = ev["seq"]
-            self._set_parked(k, [s for s in (self.parked.get(k) or []) if s > ev["seq"]])
-            self.metrics.e2e_latency.observe(max(0.0, (now - ev["created_at"]) / 1000))
-            self.metrics.records.labels("forward", "delivered").inc()
-        elif res.outcome == "permanent":
-            self.delivered[k] = ev["seq"]  # a refused call must not block the calls behind it
-            self._set_parked(k, [s for s in (self.parked.get(k) or []) if s > ev["seq"]])
-            await self._dead_letter("forward", f"PagerDuty refused ({res.status}): {res.reason}", None, msg,
-                                    topic=self.pd_dlq, attributes={"stream_key": ev["stream_key"],
-                                                                   "event_id": ev["event_id"]})
-        else:
-            ev = dict(ev, attempt=int(ev.get("attempt") or 0) + 1, last_error=res.reason[:500])
-            if inline:
-                await self._park(ev, res.reason, res.not_before_ms or now + 1000)
-            else:
-                await self._repark(ev, res.not_before_ms or now + 1000)
-
-    async def _park(self, ev: dict[str, Any], reason: str, not_before: int) -> None:
-        k = ev["stream_key"].encode()
-        cur = list(self.parked.get(k) or [])
-        if ev["seq"] not in cur:
-            cur.append(ev["seq"])
-        self._set_parked(k, sorted(cur))
-        self.metrics.pd_parked.labels(reason.split(":")[0][:40]).inc()
-        await self._repark(ev, not_before)
-
-    async def _repark(self, ev: dict[str, Any], not_before: int) -> None:
-        ev = dict(ev, not_before=int(not_before))
-        fut = await self.retry_topic.send(key=ev["stream_key"].encode(), value=self.codecs["pagerduty_event"].encode(ev))
-        await fut  # the source offset may be committed right after: the parked copy must be durable first
-
-    def _set_parked(self, k: bytes, seqs: list[int]) -> None:
-        if seqs:
-            if self.parked.get(k) != seqs:
-                self.parked[k] = seqs
-        elif self.parked.get(k) is not None:
-            del self.parked[k]
+        ev = change_event_record(a, seq)
+        await self.outbox_topic.send(key=ev["stream_key"].encode(), value=self.codecs["pagerduty_event"].encode(ev))
 
     # --- dead letters -------------------------------------------------------------------------------
     async def _dead_letter(self, stage: str, reason: str, exc: BaseException | None, msg: Any, *,
