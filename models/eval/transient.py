@@ -32,12 +32,11 @@ import json
 import statistics
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pagerstream.models.transient import VERSION, TransientModel
 
 K_STD = 3.0  # threshold = mean +/- K_STD * std of the probation period
@@ -70,7 +69,7 @@ class Episode:
 
 
 def _ts(s: str) -> float:
-    return datetime.fromisoformat(s).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
 
 
 def read_series(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +118,7 @@ def threshold_episodes(
             t0 = float(ts[s])
             feats = {
                 "start_excess": float(excess[s]),
-                "hour": float(datetime.fromtimestamp(t0, timezone.utc).hour),
+                "hour": float(datetime.fromtimestamp(t0, UTC).hour),
                 "hours_since_last": (t0 - last_end) / 3600 if last_end is not None else -1.0,
                 "starts_last_24h": float(sum(1 for x in starts if t0 - x <= 86400)),
             }
@@ -158,7 +157,7 @@ def load(data: Path) -> tuple[dict[str, list[Episode]], dict[str, list[tuple[flo
 def replay(episodes: dict[str, list[Episode]], model: TransientModel) -> list[dict[str, Any]]:
     """Run the model causally over every file; returns one record per episode."""
     records: list[dict[str, Any]] = []
-    for f, eps in episodes.items():
+    for eps in episodes.values():
         recs = [
             {
                 "alert_type": e.alert_type,
@@ -249,7 +248,9 @@ def score(
         "windows_first_paged_after_pause": float(delayed_win),
         "median_page_delay_min": float(statistics.median(delays)) if delays else float("nan"),
         "mean_page_delay_min": float(statistics.fmean(delays)) if delays else float("nan"),
-        "median_latency_from_window_start_min": float(statistics.median(latency)) if latency else float("nan"),
+        "median_latency_from_window_start_min": float(statistics.median(latency))
+        if latency
+        else float("nan"),
     }
 
 
@@ -275,8 +276,12 @@ def evaluate(data: Path, out: Path | None = None, quick: bool = False) -> dict[s
     ok_win = mod["windows_paged"] >= GOAL_WINDOWS
     ok_noise = mod["noise_pages"] <= GOAL_NOISE_RATIO * base["noise_pages"]
     print(f"transient model {VERSION} on NAB ({len(episodes)} files, {n_eps} episodes)")
-    print(f"episode rule: threshold = mean +/- {K_STD:g} std of first {PROBATION:.0%}; ends after {M_CLEAR} points back")
-    print(f"model: pause W = {PAUSE_MIN:g} min when P(resolve within W) >= {P_PAUSE} (>= {MIN_EPISODES} episodes)")
+    print(
+        f"episode rule: threshold = mean +/- {K_STD:g} std of first {PROBATION:.0%}; ends after {M_CLEAR} points back"
+    )
+    print(
+        f"model: pause W = {PAUSE_MIN:g} min when P(resolve within W) >= {P_PAUSE} (>= {MIN_EPISODES} episodes)"
+    )
     print(f"{'metric':40s} {'baseline':>10s} {'model':>10s}")
     rows = [
         ("real windows total", "windows_total"),
@@ -293,14 +298,20 @@ def evaluate(data: Path, out: Path | None = None, quick: bool = False) -> dict[s
     for label, key in rows:
         print(f"{label:40s} {base[key]:10.1f} {mod[key]:10.1f}")
     print(f"{'paused / paused then paged':40s} {'':>10s} {mod['paused']:5.0f}/{mod['paused_then_paged']:.0f}")
-    print(f"goal: real windows paged >= {GOAL_WINDOWS}: {mod['windows_paged']:.0f}  {'PASS' if ok_win else 'BELOW'}")
+    print(
+        f"goal: real windows paged >= {GOAL_WINDOWS}: {mod['windows_paged']:.0f}  {'PASS' if ok_win else 'BELOW'}"
+    )
     print(
         f"goal: noise pages <= {GOAL_NOISE_RATIO:g} x baseline ({GOAL_NOISE_RATIO * base['noise_pages']:.0f}): "
         f"{mod['noise_pages']:.0f}  {'PASS' if ok_noise else 'BELOW'}"
     )
 
     result = {f"baseline_{k}": v for k, v in base.items()} | {f"model_{k}": v for k, v in mod.items()}
-    result |= {"episodes": float(n_eps), "goal_windows_pass": float(ok_win), "goal_noise_pass": float(ok_noise)}
+    result |= {
+        "episodes": float(n_eps),
+        "goal_windows_pass": float(ok_win),
+        "goal_noise_pass": float(ok_noise),
+    }
 
     if not quick:
         print("trade-off (W min, p): windows paged / noise pages / median delay min")
@@ -308,7 +319,9 @@ def evaluate(data: Path, out: Path | None = None, quick: bool = False) -> dict[s
             cells = []
             for p in CURVE_P:
                 r, _ = run_model(episodes, windows, w, p)
-                cells.append(f"p={p}: {r['windows_paged']:3.0f} /{r['noise_pages']:5.0f} /{r['median_page_delay_min']:5.1f}")
+                cells.append(
+                    f"p={p}: {r['windows_paged']:3.0f} /{r['noise_pages']:5.0f} /{r['median_page_delay_min']:5.1f}"
+                )
                 result[f"curve_w{w:g}_p{p:g}_windows"] = r["windows_paged"]
                 result[f"curve_w{w:g}_p{p:g}_noise"] = r["noise_pages"]
             print(f"  W={w:4g}  " + "   ".join(cells))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pagerstream.models.eval import transient as ev
 from pagerstream.models.transient import VERSION, TransientModel
 
@@ -17,7 +16,9 @@ NAB = DATA / "nab"
 W = 900.0  # 15 min pause in these tests
 
 
-def feed(m: TransientModel, alert_type: str, durations: list[float], t0: float = 0.0, gap: float = 3600.0) -> float:
+def feed(
+    m: TransientModel, alert_type: str, durations: list[float], t0: float = 0.0, gap: float = 3600.0
+) -> float:
     """Start/decide/end a series of episodes of one type; returns the next free timestamp."""
     t = t0
     for d in durations:
@@ -99,7 +100,9 @@ def test_state_round_trip_is_json_and_exact() -> None:
     assert m2.to_state() == m.to_state()
     for typ in ("a|high", "b|low", "new|type"):
         assert m2.estimate(typ) == m.estimate(typ)
-    assert m2.should_page("a|high", t, d_open.pause_until, True) == m.should_page("a|high", t, d_open.pause_until, True)
+    assert m2.should_page("a|high", t, d_open.pause_until, True) == m.should_page(
+        "a|high", t, d_open.pause_until, True
+    )
     d1, d2 = m.on_start("b|low", 1e9, {}), m2.on_start("b|low", 1e9, {})
     assert (d1.page_now, d1.pause_until, d1.evidence) == (d2.page_now, d2.pause_until, d2.evidence)
     with pytest.raises(ValueError):
