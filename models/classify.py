@@ -24,19 +24,20 @@ whose VERSION or river version differs from the running one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pickle
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import river
-from river import linear_model, multiclass, naive_bayes, optim
-
 from pagerstream.processors.alert import Alert
+from river import linear_model, multiclass, naive_bayes, optim
 
 VERSION = "classify-1"
 
@@ -58,28 +59,156 @@ LR_STEP = 0.05
 LR_L2 = 1e-4
 NB_ALPHA = 0.1
 NB_WEIGHT = 0.5  # share of Naive Bayes in the averaged probabilities
+NB_TEMPERATURE = 30.0  # NB log-likelihoods are divided by this (NB is overconfident)
+CLASS_WEIGHT_POWER = 0.5  # sample weight = (n / (k * n_class)) ** power
 REASON_TOP = 5
 
 # --- features ---------------------------------------------------------------------------------
 
-_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
+
+def _set(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 _CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _STOP = frozenset(
-    "a an the of on in at to for from by is are was were be been has have had it its this that "
-    "with or and not no as than more less over under into per some any can may might which when "
-    "been will would should could there their them they than then so if do does did".split()
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "on",
+        "in",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "has",
+        "have",
+        "had",
+        "it",
+        "its",
+        "this",
+        "that",
+        "with",
+        "or",
+        "and",
+        "not",
+        "no",
+        "as",
+        "than",
+        "more",
+        "less",
+        "over",
+        "under",
+        "into",
+        "per",
+        "some",
+        "any",
+        "can",
+        "may",
+        "might",
+        "which",
+        "when",
+        "been",
+        "will",
+        "would",
+        "should",
+        "could",
+        "there",
+        "their",
+        "them",
+        "they",
+        "than",
+        "then",
+        "so",
+        "if",
+        "do",
+        "does",
+        "did",
+    ]
 )
 # Labels that say who fired (not what): their values are noise, their keys are kept.
 _IDENTITY_LABELS = frozenset(
-    "instance pod pod_name host hostname node ip address fingerprint container_id uid id "
-    "endpoint url path device mountpoint le quantile".split()
+    [
+        "instance",
+        "pod",
+        "pod_name",
+        "host",
+        "hostname",
+        "node",
+        "ip",
+        "address",
+        "fingerprint",
+        "container_id",
+        "uid",
+        "id",
+        "endpoint",
+        "url",
+        "path",
+        "device",
+        "mountpoint",
+        "le",
+        "quantile",
+    ]
 )
 # Labels that carry the answer or are already used elsewhere.
-_SKIP_LABELS = frozenset("severity priority alertname alertstate".split())
+_SKIP_LABELS = _set("severity priority alertname alertstate")
 _PROMQL_KEYWORDS = frozenset(
-    "by without on ignoring group_left group_right and or unless bool offset inf nan".split()
+    [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+    ]
 )
+# Hand-made word groups (prior knowledge of alerting, not fitted to the corpus): one shared token
+# per group lets a word never seen in training still count.
+LEXICON: dict[str, frozenset[str]] = {
+    "outage": _set(
+        "down dead unreachable unavailable missing absent lost fail failed failure failing "
+        "crash crashed crashloop outage offline stopped sealed broken corrupt corrupted "
+        "unhealthy split brain oom killed panic fatal critical"
+    ),
+    "degraded": _set(
+        "high slow latency lag lagging degraded elevated too many near approaching "
+        "predicted filling saturation saturated pressure throttled throttling "
+        "increase increasing spike warning"
+    ),
+    "notice": _set(
+        "restart restarted changed change reload reloaded underutilized underutilised "
+        "relocating initializing deviation deviations info notice low usage"
+    ),
+    "security": _set(
+        "certificate cert certs ssl tls ocsp expiry expire expiring expired vault "
+        "secret secrets token tokens login logins auth authentication authorization "
+        "unauthorized forbidden denied threat threats attack intrusion firewall vpn "
+        "wireguard acme keycloak password credential credentials"
+    ),
+    "business": _set(
+        "revenue order orders checkout conversion payment payments payout refund "
+        "invoice invoices billing customer customers sales gmv churn fraud "
+        "chargeback chargebacks booking bookings subscription cart price prices"
+    ),
+}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
@@ -155,8 +284,8 @@ def _for_bucket(seconds: float | None) -> list[str]:
     return ["for:long"]
 
 
-def tokens(features: Mapping[str, Any]) -> dict[str, float]:
-    """Sparse token weights for one alert (presence, 1.0 each)."""
+def _words_and_labels(features: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(name words, all words, label tokens). Label values (not the identity ones) add words."""
     name_w = words(str(features.get("name") or ""))
     text_w = words(str(features.get("text") or ""))
     labels = features.get("labels") or {}
@@ -169,13 +298,27 @@ def tokens(features: Mapping[str, Any]) -> dict[str, float]:
         if k not in _IDENTITY_LABELS and isinstance(v, str) and 0 < len(v) <= 40:
             label_tok.append(f"lv:{k}={v.lower()}")
             text_w += words(v.replace("-", " ").replace("_", " "))
-    all_w = name_w + text_w
+    return name_w, name_w + text_w, label_tok
+
+
+def _grams(word: str) -> list[str]:
+    padded = f"^{word}$"
+    return ["c:" + padded[i : i + 4] for i in range(max(1, len(padded) - 3))]
+
+
+def tokens(features: Mapping[str, Any]) -> dict[str, float]:
+    """Sparse token weights for one alert (presence, 1.0 each). Prefixes: n: name word, t: word,
+    b: word bigram, c: char 4-gram, kw: lexicon group, qm:/qp:/qw: PromQL metric / its prefix /
+    its parts, qf: function, qo: comparison, ql: matcher label, lk:/lv: label key / key=value,
+    for: duration bucket."""
+    name_w, all_w, label_tok = _words_and_labels(features)
     out: list[str] = ["n:" + w for w in name_w]
     out += ["t:" + w for w in all_w]
-    out += ["b:" + a + "_" + b for a, b in zip(all_w, all_w[1:])]
+    out += ["b:" + a + "_" + b for a, b in itertools.pairwise(all_w)]
     for w in set(all_w):
-        padded = f"^{w}$"
-        out += ["c:" + padded[i : i + 4] for i in range(max(1, len(padded) - 3))]
+        out += _grams(w)
+    present = set(all_w)
+    out += ["kw:" + g for g, ws in LEXICON.items() if present & ws]
     out += _query_tokens(str(features.get("query") or ""))
     out += label_tok
     out += _for_bucket(features.get("for_seconds"))
@@ -253,8 +396,8 @@ class _Head:
     def learn(self, x: dict[str, float], y: str) -> None:
         self.seen[y] += 1
         total = sum(self.seen.values())
-        # inverse class frequency, square-rooted so that a handful of examples is not overblown
-        w = math.sqrt(total / (len(self.seen) * self.seen[y]))
+        # inverse running class frequency, damped so that a handful of examples is not overblown
+        w = (total / (len(self.seen) * self.seen[y])) ** CLASS_WEIGHT_POWER
         self.lr.learn_one(x, y, w=w)
         self.nb.learn_one(x, y)
 
@@ -262,9 +405,12 @@ class _Head:
         nb = self.nb
         # uniform prior: class imbalance is handled by weights, not by the prior
         jll = {
-            c: sum(v * math.log(nb.p_feature_given_class(f, c)) for f, v in x.items() if f in nb.feature_counts)
+            c: sum(
+                v * math.log(nb.p_feature_given_class(f, c)) for f, v in x.items() if f in nb.feature_counts
+            )
             for c in nb.class_counts
         }
+        jll = {c: v / NB_TEMPERATURE for c, v in jll.items()}
         top = max(jll.values())
         e = {c: math.exp(v - top) for c, v in jll.items()}
         s = sum(e.values())
@@ -279,29 +425,50 @@ class _Head:
         s = sum(out.values()) or 1.0
         return {c: v / s for c, v in out.items()}
 
-    def reason(self, x: dict[str, float], label: str, proba: Mapping[str, float]) -> dict[str, Any]:
-        lr_top: list[tuple[str, float]] = []
+    def reason(
+        self, x: dict[str, float], label: str, proba: Mapping[str, float], all_w: list[str]
+    ) -> dict[str, Any]:
+        """Top tokens for `label`: logistic weight x value, and NB log-likelihood ratio against the
+        runner-up class. Char 4-grams are summed back onto their words, shown as "~word"."""
+        others = [c for c in sorted(proba, key=lambda c: -proba[c]) if c != label]
+        out: dict[str, Any] = {"versus": others[0] if others else None}
+        contrib: dict[str, float] = {}
         model = self.lr.classifiers.get(label)
         if model is not None:
             weights = model.weights
             contrib = {f: weights.get(f, 0.0) * v for f, v in x.items()}
-            lr_top = sorted(((f, c) for f, c in contrib.items() if c > 0), key=lambda t: -t[1])[:REASON_TOP]
-        nb_top: list[tuple[str, float]] = []
-        others = [c for c in sorted(proba, key=lambda c: -proba[c]) if c != label]
+        out["weights"] = _top(contrib, all_w)
+        llr: dict[str, float] = {}
         if others and label in self.nb.class_counts:
-            rival = others[0]
-            nb = self.nb
+            nb, rival = self.nb, others[0]
             llr = {
-                f: v * (math.log(nb.p_feature_given_class(f, label)) - math.log(nb.p_feature_given_class(f, rival)))
+                f: v
+                * (
+                    math.log(nb.p_feature_given_class(f, label))
+                    - math.log(nb.p_feature_given_class(f, rival))
+                )
                 for f, v in x.items()
                 if f in nb.feature_counts
             }
-            nb_top = sorted(((f, r) for f, r in llr.items() if r > 0), key=lambda t: -t[1])[:REASON_TOP]
-        return {
-            "weights": {f: round(c, 3) for f, c in lr_top},
-            "log_likelihood_ratio": {f: round(r, 3) for f, r in nb_top},
-            "versus": others[0] if others else None,
-        }
+        out["log_likelihood_ratio"] = _top(llr, all_w)
+        return out
+
+
+def _top(scores: Mapping[str, float], all_w: list[str]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    owners: dict[str, list[str]] = {}
+    for w in dict.fromkeys(all_w):
+        for g in _grams(w):
+            owners.setdefault(g, []).append(w)
+    for f, v in scores.items():
+        if f.startswith("c:") and f in owners:
+            share = v / len(owners[f])
+            for w in owners[f]:
+                merged["~" + w] = merged.get("~" + w, 0.0) + share
+        else:
+            merged[f] = merged.get(f, 0.0) + v
+    top = sorted(((f, v) for f, v in merged.items() if v > 0), key=lambda t: (-t[1], t[0]))[:REASON_TOP]
+    return {f: round(v, 3) for f, v in top}
 
 
 @dataclass(frozen=True)
@@ -348,7 +515,9 @@ class AlertClassifier:
         self.severity = _Head(SEVERITIES)
         self.n_learned = 0
 
-    def learn(self, features: Mapping[str, Any], *, category: str | None = None, severity: str | None = None) -> None:
+    def learn(
+        self, features: Mapping[str, Any], *, category: str | None = None, severity: str | None = None
+    ) -> None:
         """Feedback: a resolved incident's final severity, or a human correction. Either label may
         be missing. Severity accepts PagerDuty's words (error -> critical)."""
         if category is not None and category not in CATEGORIES:
@@ -376,10 +545,11 @@ class AlertClassifier:
         c_abs = cb is None or cp < self.threshold_category
         s_abs = sb is None or sp < self.threshold_severity
         reason: dict[str, Any] = {}
+        all_w = _words_and_labels(features)[1]
         if cb:
-            reason["category"] = self.category.reason(x, cb, pc)
+            reason["category"] = self.category.reason(x, cb, pc, all_w)
         if sb:
-            reason["severity"] = self.severity.reason(x, sb, ps)
+            reason["severity"] = self.severity.reason(x, sb, ps, all_w)
         return Prediction(
             category=None if c_abs else cb,
             severity=None if s_abs else sb,
@@ -405,13 +575,15 @@ class AlertClassifier:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "AlertClassifier":
+    def from_state(cls, state: Mapping[str, Any]) -> AlertClassifier:
         """Restore a checkpoint written by `to_state`. Only for our own checkpoints: the model is
         a pickle, and unpickling untrusted bytes can run code."""
         if state.get("version") != VERSION:
             raise ValueError(f"classifier state version {state.get('version')!r} != {VERSION!r}")
         if state.get("river") != river.__version__:
-            raise ValueError(f"classifier state was written with river {state.get('river')!r}, running {river.__version__!r}")
+            raise ValueError(
+                f"classifier state was written with river {state.get('river')!r}, running {river.__version__!r}"
+            )
         th = state.get("thresholds") or {}
         obj = cls(
             threshold_category=float(th.get("category", THRESHOLD_CATEGORY)),

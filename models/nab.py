@@ -174,6 +174,8 @@ def build_sweep(pairs: Iterable[tuple[np.ndarray, FileLabels]]) -> Sweep:
         scores = np.asarray(scores, dtype=np.float64)
         if len(scores) != len(lab.window):
             raise ValueError("scores and labels differ in length")
+        if not np.all(np.isfinite(scores)):
+            raise ValueError("anomaly scores must be finite")
         m = lab.scored
         w = lab.window[m]
         s_parts.append(scores[m])

@@ -22,7 +22,9 @@ import math
 import re
 from array import array
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -30,22 +32,22 @@ VERSION = "similar-bm25f-1"
 
 DEFAULT_FIELD_WEIGHTS: dict[str, float] = {
     "text": 1.0,
-    "title": 3.0,
-    "company": 4.0,
-    "product": 3.0,
-    "keywords": 2.0,
+    "title": 2.0,
+    "company": 2.0,
+    "product": 2.0,
+    "keywords": 1.0,
 }
 
-_STOP = frozenset(
-    """a about above after again against all also am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further had has
-    have having he her here hers herself him himself his how i if in into is it its itself just me more
-    most my myself no nor not now of off on once only or other our ours ourselves out over own same she
-    should so some such than that the their theirs them themselves then there these they this those
-    through to too under until up very was we were what when where which while who whom why will with
-    would you your yours yourself yourselves s t don didn doesn isn wasn weren won wouldn shouldn couldn
-    one two may might must shall us via per within without however thus therefore since yet""".split()
-)
+_STOP = frozenset("""
+a about above after again against all also am an and any are as at be because been before being below
+between both but by can could did do does doing down during each few for from further had has have having
+he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+nor not now of off on once only or other our ours ourselves out over own same she should so some such than
+that the their theirs them themselves then there these they this those through to too under until up very
+was we were what when where which while who whom why will with would you your yours yourself yourselves
+s t don didn doesn isn wasn weren won wouldn shouldn couldn one two may might must shall us via per within
+without however thus therefore since yet
+""".split())  # noqa: SIM905
 
 _WORD = re.compile(r"[a-z0-9]+(?:['\u2019][a-z]+)?")
 
@@ -72,27 +74,44 @@ def _stem(w: str) -> str:
     return w
 
 
-def tokenize(text: str, bigrams: bool = True) -> list[str]:
-    """Stemmed content words, then bigrams of consecutive content words (joined by '_')."""
+def tokenize(text: str, bigrams: bool = True, surface: dict[str, str] | None = None) -> list[str]:
+    """Stemmed content words, then bigrams of consecutive content words (joined by '_').
+    ``surface``, if given, is filled with term -> the first original spelling (for explanations)."""
     words: list[str] = []
+    raw: list[str] = []
     for m in _WORD.finditer(text.lower()):
-        w = m.group(0)
-        if "'" in w or "\u2019" in w:
-            w = re.split(r"['\u2019]", w)[0]
+        w = re.split(r"['\u2019]", m.group(0))[0]
         if w in _STOP or len(w) < 2:
             continue
         words.append(_stem(w))
+        raw.append(w)
+    terms = words
     if bigrams and len(words) > 1:
-        return words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
-    return words
+        terms = words + [f"{a}_{b}" for a, b in pairwise(words)]
+    if surface is not None:
+        for t, w in zip(words, raw):
+            surface.setdefault(t, w)
+        for i in range(len(words) - 1):
+            surface.setdefault(f"{words[i]}_{words[i + 1]}", f"{raw[i]} {raw[i + 1]}")
+    return terms
 
 
-def _char_ngrams(text: str, lo: int = 3, hi: int = 5) -> Counter:
+def _char_ngrams(text: str, lo: int = 3, hi: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Hashed character n-grams of the normalised text: (sorted unique uint64 hashes, counts)."""
     s = " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
-    c: Counter = Counter()
-    for n in range(lo, hi + 1):
-        c.update(s[i : i + n] for i in range(len(s) - n + 1))
-    return c
+    b = np.frombuffer(s.encode("ascii", "ignore"), dtype=np.uint8).astype(np.uint64)
+    parts = []
+    with np.errstate(over="ignore"):  # polynomial hash, wrapping in uint64 is intended
+        for n in range(lo, hi + 1):
+            if b.size < n:
+                break
+            h = np.full(b.size - n + 1, n, dtype=np.uint64)
+            for i in range(n):
+                h = h * np.uint64(1_000_003) + b[i : b.size - n + 1 + i]
+            parts.append(h)
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.unique(np.concatenate(parts), return_counts=True)
 
 
 def _field_text(v: Any) -> str:
@@ -176,7 +195,7 @@ class IncidentIndex:
         self._n_alive += 1
 
     # ---- scoring ------------------------------------------------------------------------------
-    def _bm25(self, q_terms: Counter) -> tuple[np.ndarray, dict[str, tuple[float, np.ndarray, np.ndarray]]]:
+    def _bm25(self, q_terms: Counter) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         n_docs = len(self._ids)
         N = max(self._n_alive, 1)
         avgdl = self._total_len / N if self._total_len > 0 else 1.0
@@ -184,7 +203,7 @@ class IncidentIndex:
         norm = self.k1 * (1.0 - self.b + self.b * dl / avgdl)
         alive = np.frombuffer(self._alive, dtype=np.int8).astype(bool)
         idx_parts, val_parts = [], []
-        per_term: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
+        per_term: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for term, qtf in q_terms.items():
             p = self._postings.get(term)
             if p is None:
@@ -198,7 +217,7 @@ class IncidentIndex:
             contrib = (idf * qtf) * tfs * (self.k1 + 1.0) / (tfs + norm[docs])
             idx_parts.append(docs)
             val_parts.append(contrib)
-            per_term[term] = (idf, docs, contrib)
+            per_term[term] = (docs, contrib)
         if not idx_parts:
             return np.zeros(n_docs), per_term
         scores = np.bincount(np.concatenate(idx_parts), weights=np.concatenate(val_parts), minlength=n_docs)
@@ -206,63 +225,60 @@ class IncidentIndex:
         return scores, per_term
 
     def query(self, text: str, k: int = 5, explain_terms: int = 5) -> list[tuple[str, float, dict[str, Any]]]:
-        """Best ``k`` documents for an incident description: (doc_id, score in [0, 1], explanation)."""
+        """Best ``k`` documents for an incident description, best first: (doc_id, score, explanation).
+
+        ``score`` is relative to this query (the best BM25 candidate has bm25_norm 1), in [0, 1];
+        the explanation holds the raw BM25, the n-gram cosine and the query terms that contributed most
+        (with their share of the document's BM25 score)."""
         if k <= 0 or self._n_alive == 0:
             return []
-        q_terms = Counter(tokenize(text, self.bigrams))
+        surface: dict[str, str] = {}
+        q_terms = Counter(tokenize(text, self.bigrams, surface))
         scores, per_term = self._bm25(q_terms)
-        n_cand = max(k, self.rerank)
         cand = np.flatnonzero(scores > 0)
         if cand.size == 0:
             return []
+        n_cand = max(k, self.rerank)
         if cand.size > n_cand:
             cand = cand[np.argpartition(-scores[cand], n_cand - 1)[:n_cand]]
         bm = scores[cand] / float(scores[cand].max())
-        final = bm
-        if self.ngram_weight > 0 and cand.size > 1:
-            final = (1.0 - self.ngram_weight) * bm + self.ngram_weight * self._ngram_cosine(text, cand)
-        order = np.argsort(-final, kind="stable")[:k]
+        use_ngrams = self.ngram_weight > 0 and cand.size > 1
+        cos = self._ngram_cosine(text, cand) if use_ngrams else np.zeros(cand.size)
+        final = (1.0 - self.ngram_weight) * bm + self.ngram_weight * cos if use_ngrams else bm
         out = []
-        for j in order:
+        for j in np.argsort(-final, kind="stable")[:k]:
             i = int(cand[j])
-            contrib = {t: float(c[np.searchsorted(d, i)]) for t, (_, d, c) in per_term.items()
-                       if (pos := np.searchsorted(d, i)) < d.size and d[pos] == i}
+            contrib: dict[str, float] = {}
+            for term, (docs, vals) in per_term.items():
+                pos = int(np.searchsorted(docs, i))  # postings are in index order
+                if pos < docs.size and docs[pos] == i:
+                    contrib[term] = float(vals[pos])
             total = sum(contrib.values()) or 1.0
             top = sorted(contrib.items(), key=lambda kv: -kv[1])[:explain_terms]
-            out.append((
-                self._ids[i],
-                float(final[j]),
-                {
-                    "bm25": float(scores[i]),
-                    "bm25_norm": float(bm[j]),
-                    "ngram_cosine": float((final[j] - (1 - self.ngram_weight) * bm[j]) / self.ngram_weight)
-                    if self.ngram_weight > 0 and cand.size > 1 else None,
-                    "top_terms": [(t.replace("_", " "), round(c / total, 3)) for t, c in top],
-                },
-            ))
+            out.append((self._ids[i], float(final[j]), {
+                "bm25": float(scores[i]),
+                "bm25_norm": float(bm[j]),
+                "ngram_cosine": float(cos[j]) if use_ngrams else None,
+                "top_terms": [(surface.get(t, t), round(c / total, 3)) for t, c in top],
+            }))
         return out
 
     def _ngram_cosine(self, text: str, cand: np.ndarray) -> np.ndarray:
+        """Cosine of sublinear-TF x IDF char n-gram vectors; IDF counted over the candidates + query."""
         q = _char_ngrams(text)
         docs = [_char_ngrams(self._ngram_source(int(i))) for i in cand]
-        df: Counter = Counter()
-        for d in docs:
-            df.update(d.keys())
-        n = len(docs) + 1
-        idf = {g: math.log(n / (1 + df.get(g, 0))) + 1.0 for g in q}
-        qv = {g: (1 + math.log(c)) * idf[g] for g, c in q.items()}
-        qn = math.sqrt(sum(v * v for v in qv.values())) or 1.0
+        all_h, df = np.unique(np.concatenate([q[0]] + [d[0] for d in docs]), return_counts=True)
+        idf = np.log((len(docs) + 1) / df) + 1.0
+
+        def weights(v: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+            w = (1.0 + np.log(v[1])) * idf[np.searchsorted(all_h, v[0])]
+            return w / (np.linalg.norm(w) or 1.0)
+
+        qw = weights(q)
         out = np.zeros(len(docs))
         for j, d in enumerate(docs):
-            dot = 0.0
-            dn = 0.0
-            for g, c in d.items():
-                w = (1 + math.log(c)) * (math.log(n / (1 + df[g])) + 1.0)
-                dn += w * w
-                qw = qv.get(g)
-                if qw is not None:
-                    dot += qw * w
-            out[j] = dot / (qn * (math.sqrt(dn) or 1.0))
+            _, qi, di = np.intersect1d(q[0], d[0], assume_unique=True, return_indices=True)
+            out[j] = float(qw[qi] @ weights(d)[di])
         return out
 
     def _ngram_source(self, i: int) -> str:
@@ -286,7 +302,7 @@ class IncidentIndex:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "IncidentIndex":
+    def from_state(cls, state: dict[str, Any]) -> IncidentIndex:
         if state.get("version") != VERSION:
             raise ValueError(f"state version {state.get('version')!r} != {VERSION!r}")
         idx = cls(**state["params"])

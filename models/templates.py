@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 VERSION = "templates-drain-1"
 
@@ -124,10 +125,11 @@ class TemplateMiner:
         last = len(keys) - 1
         for i, key in enumerate(keys):
             child = node.get(key)
-            if child is None and i > 0:  # token levels may fall back to the wildcard branch
-                if not create or len(node) >= self.max_children - (WILDCARD not in node):
-                    key = WILDCARD
-                    child = node.get(key)
+            # token levels fall back to the wildcard branch when the token is unknown or the node is full
+            full = len(node) >= self.max_children - (WILDCARD not in node)  # keep a slot for <*>
+            if child is None and i > 0 and (not create or full):
+                key = WILDCARD
+                child = node.get(key)
             if child is None:
                 if not create:
                     return None, ()
@@ -209,9 +211,21 @@ class TemplateMiner:
     def _evict(self) -> None:
         while len(self._clusters) > self.max_clusters:
             cid, c = self._clusters.popitem(last=False)
-            leaf, _ = self._leaf(list(c.path), create=False)
-            if leaf is not None and cid in leaf:
-                leaf.remove(cid)
+            # follow the cluster's own path, drop it from its leaf and prune branches left empty
+            trail: list[tuple[dict[str, Any], str]] = []
+            node: Any = self._root
+            for key in c.path:
+                if not isinstance(node, dict) or key not in node:
+                    break
+                trail.append((node, key))
+                node = node[key]
+            else:
+                if cid in node:
+                    node.remove(cid)
+                for parent, key in reversed(trail):
+                    if parent[key]:
+                        break
+                    del parent[key]
             self.evicted += 1
 
     @property
@@ -240,7 +254,7 @@ class TemplateMiner:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "TemplateMiner":
+    def from_state(cls, state: dict[str, Any]) -> TemplateMiner:
         if state.get("version") != VERSION:
             raise ValueError(f"state version {state.get('version')!r} != {VERSION!r}")
         m = cls(**state["params"])

@@ -276,6 +276,39 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+# --- models ----------------------------------------------------------------------------------------
+MODELS = {
+    "anomaly": ("pagerstream.models.eval.anomaly", "NAB-layout directory (data/<category>/*.csv, labels/)"),
+    "classify": ("pagerstream.models.eval.classify", "JSONL of alert rules (rules_flat.jsonl shape)"),
+    "transient": ("pagerstream.models.eval.transient", "NAB-layout directory"),
+    "correlate": ("pagerstream.models.eval.correlate", "AIT alert data (folder, zip or CSV)"),
+    "templates": ("pagerstream.models.eval.templates", "loghub 2k layout directory"),
+    "similar": ("pagerstream.models.eval.similar", "post-mortem corpus + retrieval_pairs*.jsonl directory"),
+}
+
+
+@main.group()
+def models() -> None:
+    """Evaluate the online models on data."""
+
+
+@models.command("evaluate")
+@click.argument("model", type=click.Choice(sorted(MODELS)))
+@click.option("--data", "data", required=True, type=click.Path(exists=True), help="Data in the model's layout")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Write predictions here")
+@click.option("--quick", is_flag=True, help="A fast deterministic subset (what CI runs)")
+def models_evaluate(model: str, data: str, out: str | None, quick: bool) -> None:
+    """Run MODEL on DATA, print its metrics next to their goals, and how to reproduce them."""
+    import importlib
+
+    mod = importlib.import_module(MODELS[model][0])
+    cmd = f"pagerstream models evaluate {model} --data {data}" + (f" --out {out}" if out else "") + (
+        " --quick" if quick else "")
+    click.echo(f"$ {cmd}")
+    metrics = mod.evaluate(Path(data), Path(out) if out else None, quick=quick)
+    click.echo(json.dumps({"model": model, "metrics": metrics}, default=str))
+
+
 # --- sandbox ---------------------------------------------------------------------------------------
 @main.command("pd-sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)

@@ -80,7 +80,6 @@ class Incident:
 class Applied:
     alert_id: str
     outputs: tuple[tuple[str, int, str | None], ...]  # (incident_id, version, pd_action)
-    seq_base: int = 0  # the PagerDuty seq base the decision used; a replay re-uses it
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,6 @@ class Step:
     state: GroupState | None  # None: delete the group (nothing left to remember)
     outputs: tuple[IncidentChangeOut, ...]
     replayed: bool = False
-    seq_base: int = 0  # base of the PagerDuty seq numbers of these outputs
 
 
 def short_hash(s: str, n: int = 12) -> str:
@@ -144,8 +142,8 @@ def _put(g: GroupState, inc: Incident, members: dict[str, str] | None = None) ->
     return replace(g, incidents=incidents, members=g.members if members is None else members)
 
 
-def _remember(g: GroupState, a: Alert, outs: Iterable[IncidentChangeOut], seq_base: int) -> GroupState:
-    rec = Applied(a.id, tuple((o.incident.incident_id, o.incident.version, o.pd_action) for o in outs), seq_base)
+def _remember(g: GroupState, a: Alert, outs: Iterable[IncidentChangeOut]) -> GroupState:
+    rec = Applied(a.id, tuple((o.incident.incident_id, o.incident.version, o.pd_action) for o in outs))
     marks = g.marks
     if a.raw_partition >= 0:
         marks = dict(marks)
@@ -164,20 +162,20 @@ def _prune(g: GroupState, now: int) -> GroupState:
     return replace(g, incidents=keep)
 
 
-def decide(g: GroupState | None, a: Alert, grouping: Grouping, seq_base: int = 0) -> Step:
+def decide(g: GroupState | None, a: Alert, grouping: Grouping) -> Step:
     """Apply one alert to its group. `a.received_at` is the clock (replays decide the same).
 
-    `seq_base` numbers the PagerDuty calls this decision queues (the pipeline derives it from the
-    input's offset). A replay, recognised by alert id or by its alerts.raw position (alerts of one
-    raw partition reach a group in offset order), re-emits the stored decision with its original
-    seq_base, or nothing when the decision is older than the memory (its outputs were flushed long ago).
+    A replay is recognised by alert id (the last APPLIED_MEMORY decisions are kept and re-emitted
+    as they were, same incident versions, so the same PagerDuty sequence numbers) or by its
+    alerts.raw position (alerts of one raw partition reach a group in offset order); a replay older
+    than the memory emits nothing: its outputs were published long before.
     """
     g = g or GroupState(group_key=a.group_key)
     for rec in g.applied:
         if rec.alert_id == a.id:
-            return Step(g, _replay(g, rec, a), replayed=True, seq_base=rec.seq_base)
+            return Step(g, _replay(g, rec, a), replayed=True)
     if a.raw_partition >= 0 and a.raw_offset <= g.marks.get(a.raw_partition, -1):
-        return Step(g, (), replayed=True, seq_base=seq_base)
+        return Step(g, (), replayed=True)
     now = a.received_at
     if a.action == "trigger":
         g2, outs = _trigger(g, a, grouping, now)
@@ -187,8 +185,18 @@ def decide(g: GroupState | None, a: Alert, grouping: Grouping, seq_base: int = 0
         g2, outs = _resolve(g, a, now, auto=False)
     else:
         raise ValueError(f"decide() does not take {a.action!r} alerts")
-    g2 = _remember(_prune(g2, now), a, outs, seq_base)
-    return Step(g2, tuple(outs), seq_base=seq_base)
+    g2 = _remember(_prune(g2, now), a, outs)
+    return Step(g2, tuple(outs))
+
+
+def pagerduty_seq(incident_id: str, version: int) -> int:
+    """Order of PagerDuty calls for one stream key: (incident number in its group, version).
+
+    Deterministic, so a decision recomputed after a crash gets the number it had the first time,
+    and increasing across the incidents one dedup_key goes through (trigger after resolve).
+    """
+    number = int(incident_id.rsplit("-", 1)[1]) if "-" in incident_id else 0
+    return (number << 32) + version
 
 
 def _replay(g: GroupState, rec: Applied, a: Alert) -> tuple[IncidentChangeOut, ...]:
@@ -313,7 +321,7 @@ def group_to_dict(g: GroupState) -> dict[str, Any]:
     return {
         "k": g.group_key, "n": g.counter, "cur": g.current, "m": g.members,
         "inc": {iid: _inc_to_dict(i) for iid, i in g.incidents.items()},
-        "ap": [[r.alert_id, [list(o) for o in r.outputs], r.seq_base] for r in g.applied],
+        "ap": [[r.alert_id, [list(o) for o in r.outputs]] for r in g.applied],
         "mk": {str(p): o for p, o in g.marks.items()},
     }
 
@@ -322,8 +330,7 @@ def group_from_dict(d: dict[str, Any]) -> GroupState:
     return GroupState(
         group_key=d["k"], counter=d["n"], current=d["cur"], members=dict(d["m"]),
         incidents={iid: Incident(**v) for iid, v in d["inc"].items()},
-        applied=tuple(Applied(r[0], tuple((o[0], o[1], o[2]) for o in r[1]), r[2] if len(r) > 2 else 0)
-                      for r in d["ap"]),
+        applied=tuple(Applied(r[0], tuple((o[0], o[1], o[2]) for o in r[1])) for r in d["ap"]),
         marks={int(p): o for p, o in (d.get("mk") or {}).items()},
     )
 

@@ -14,14 +14,12 @@ import asyncio
 import heapq
 import logging
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import faust
 import redis.asyncio as aioredis
 from aiohttp import web
-from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pagerstream.config import Settings
@@ -30,7 +28,7 @@ from pagerstream.processors.enrich import enrich
 from pagerstream.processors.errors import InvalidInput
 from pagerstream.processors.incident import (
     RESOLVED_RETENTION_MS, GroupState, Grouping, IncidentChangeOut, decide, expire, group_from_dict,
-    group_to_dict, is_forgettable, short_hash,
+    group_to_dict, is_forgettable, pagerduty_seq, short_hash,
 )
 from pagerstream.processors.normalize import normalize
 from pagerstream.processors.outbox import change_event_record, incident_event_record, pagerduty_event_record
@@ -43,7 +41,8 @@ from pagerstream.streams.metrics import Metrics
 from pagerstream.streams.topics import topic_specs
 
 log = logging.getLogger("pagerstream")
-SEQ_SLOTS = 8  # PagerDuty seq = (source offset + 1) * SEQ_SLOTS + output index: > 0, monotonic, replay-stable
+MAX_EXPIRIES_PER_TICK = 500  # keeps one tick short; the rest waits for the next one
+SEQ_SLOTS = 8  # change events: seq = (source offset + 1) * SEQ_SLOTS (> 0, increasing per partition)
 
 
 @dataclass
@@ -168,7 +167,8 @@ class Pipeline(DeliveryAgents):
         app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
         app.agent(self.normalized_topic, name="incidents", concurrency=1)(self._agent_incidents)
         if o.enable_forwarder:
-            app.agent(self.outbox_topic, name="forward", concurrency=1)(self._agent_forward)
+            # One actor per partition: partitions deliver concurrently, each strictly in order.
+            app.agent(self.outbox_topic, name="forward", isolated_partitions=True)(self._agent_forward)
             app.agent(self.retry_topic, name="retry", concurrency=1)(self._agent_retry)
         app.timer(s.tick_seconds)(self._send_ticks)
 
@@ -222,53 +222,43 @@ class Pipeline(DeliveryAgents):
             yield None
 
     async def _agent_incidents(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Decide a batch, make the new group states durable, then publish the decisions.
+        """Decide, store the group state, publish the decisions; one event at a time, in order.
 
-        An output is never visible before the state that produced it is in the changelog, so a crash
-        at any point replays into a state that recognises the replay (see processors/incident.py).
+        Replays are safe whichever of state and outputs survived a crash: a replayed alert is either
+        recognised (stored decision re-emitted) or decided again from the same state into the same
+        outputs, and PagerDuty calls are numbered from the incident (pagerduty_seq), not the offset.
         """
         await self.catalog.ready.wait()
-        async for events in stream.take_events(500, within=0.01):
-            pending: list[tuple[tuple[IncidentChangeOut, ...], int]] = []
-            changes: list[tuple[Alert, int]] = []
-            for event in events:
-                _current_event.set(weakref.ref(event))
-                t0 = time.perf_counter()
-                try:
-                    out = await self._decide_one(event, changes)
-                except Exception as e:  # never let one record stop the partition
-                    if not isinstance(e, DecodeError):
-                        log.exception("incident stage failed")
-                    await self._dead_letter("incident", str(e)[:2000], e, event.message)
-                    continue
-                if out is not None:
-                    pending.append(out)
-                self.metrics.stage_latency.labels("incident").observe(time.perf_counter() - t0)
-            await self.app.producer.flush()
-            for outs, seq_base in pending:
-                await self._emit(outs, seq_base)
-            for a, seq in changes:
-                await self._emit_change(a, seq)
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            try:
+                await self._decide_one(event)
+            except Exception as e:  # never let one record stop the partition
+                if not isinstance(e, DecodeError):
+                    log.exception("incident stage failed")
+                await self._dead_letter("incident", str(e)[:2000], e, event.message)
+                continue
+            self.metrics.stage_latency.labels("incident").observe(time.perf_counter() - t0)
             yield None
 
-    async def _decide_one(self, event: Any, changes: list[tuple[Alert, int]]
-                          ) -> tuple[tuple[IncidentChangeOut, ...], int] | None:
+    async def _decide_one(self, event: Any) -> None:
         msg = event.message
         value: bytes = event.value
-        seq_base = (msg.offset + 1) * SEQ_SLOTS
         if value[2:10] == self.fp_tick:
             tick = self.codecs["tick"].decode(value)
             outs = self._on_tick(msg.partition, tick["now"])
-            return (outs, seq_base) if outs else None
+            if outs:
+                await self._emit(outs)
+            return
         a = Alert.from_record(self.codecs["alert"].decode(value))
         if a.action == "change":
-            changes.append((a, seq_base))
+            await self._emit_change(a, (msg.offset + 1) * SEQ_SLOTS)
             self.metrics.records.labels("incident", "change").inc()
-            return None
+            return
         key = a.group_key.encode()
         stored = self.groups.get(key)
         state = group_from_dict(stored) if stored else None
-        step = decide(state, a, self._grouping_for(a), seq_base)
+        step = decide(state, a, self._grouping_for(a))
         if not step.replayed:
             d = group_to_dict(step.state)
             d["p"] = msg.partition
@@ -277,7 +267,8 @@ class Pipeline(DeliveryAgents):
             if due is not None:
                 heapq.heappush(self._deadlines.setdefault(msg.partition, []), (due, a.group_key))
         self.metrics.records.labels("incident", step.outputs[0].change if step.outputs else "replay").inc()
-        return (step.outputs, step.seq_base) if step.outputs else None
+        if step.outputs:
+            await self._emit(step.outputs)
 
     def _identity(self, a: Alert) -> Alert:
         """Give acknowledge/resolve events the identity their trigger was enriched with.
@@ -326,7 +317,7 @@ class Pipeline(DeliveryAgents):
             self._scanned.add(partition)
         heap = self._deadlines.get(partition, [])
         outs: list[IncidentChangeOut] = []
-        while heap and heap[0][0] <= now and len(outs) < SEQ_SLOTS:
+        while heap and heap[0][0] <= now and len(outs) < MAX_EXPIRIES_PER_TICK:
             _, gk = heapq.heappop(heap)
             key = gk.encode()
             stored = self.groups.get(key)
@@ -335,9 +326,6 @@ class Pipeline(DeliveryAgents):
             g = group_from_dict(stored)
             step = expire(g, now)
             g2 = step.state or g
-            if len(outs) + len(step.outputs) > SEQ_SLOTS:  # keep seqs unique: the rest waits for the next tick
-                heapq.heappush(heap, (now, gk))
-                break
             outs.extend(step.outputs)
             if is_forgettable(g2, now):
                 del self.groups[key]
@@ -363,12 +351,13 @@ class Pipeline(DeliveryAgents):
                     key=b"__tick__", value=self.codecs["tick"].encode({"partition": tp.partition, "now": now}),
                     partition=tp.partition)
 
-    async def _emit(self, outs: tuple[IncidentChangeOut, ...], seq_base: int) -> None:
-        for i, o in enumerate(outs):
+    async def _emit(self, outs: tuple[IncidentChangeOut, ...]) -> None:
+        for o in outs:
             rec = incident_event_record(o)
             await self.incidents_topic.send(key=(rec["incident_id"] or "none").encode(),
                                             value=self.codecs["incident_event"].encode(rec))
-            ev = pagerduty_event_record(o, seq_base + i, now_ms=int(time.time() * 1000))
+            ev = pagerduty_event_record(o, pagerduty_seq(o.incident.incident_id, o.incident.version),
+                                        now_ms=int(time.time() * 1000))
             if ev is not None:
                 await self.outbox_topic.send(key=ev["stream_key"].encode(),
                                              value=self.codecs["pagerduty_event"].encode(ev))

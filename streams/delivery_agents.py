@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Any, AsyncIterator
 
 import faust
-from faust.streams import _current_event
 
 from pagerstream.schemas import DecodeError
 
@@ -26,49 +24,49 @@ class DeliveryAgents:
     """Mixed into Pipeline (streams/app.py), which provides the topics, tables, codecs and metrics."""
 
     async def _agent_forward(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Calls for different stream keys go out concurrently; one key's calls strictly in order.
+        """One actor per outbox partition (isolated_partitions): partitions deliver concurrently,
+        each one strictly in offset order, acknowledged in order.
 
-        A batch is split by Kafka key (= stream_key); each key's events run sequentially in their own
-        task, and the batch's offsets are acknowledged only after every task finished.
+        Before a call goes out for a key whose previous call's delivered mark may still sit in the
+        producer buffer, the buffer is flushed: after a crash, a replay may repeat the *last* call of a
+        key, never an earlier one after a later one.
         """
         while self.forwarder is None:
             await asyncio.sleep(0.05)
-        async for events in stream.take_events(256, within=0.005):
-            by_key: dict[bytes, list[Any]] = {}
-            for e in events:
-                by_key.setdefault(e.message.key or b"", []).append(e)
-            await asyncio.gather(*(self._forward_key(evs) for evs in by_key.values()))
-            # Make this batch's delivered marks durable before any later call of the same keys goes
-            # out: after a crash, a replay may repeat the last call of a key, never an earlier one.
-            await self.app.producer.flush()
+        unflushed: set[bytes] = set()
+        async for event in stream.events():
+            if (event.message.key or b"") in unflushed or len(unflushed) > 10_000:
+                await self.app.producer.flush()
+                unflushed.clear()
+            k = await self._forward_one(event)
+            if k is not None:
+                unflushed.add(k)
             yield None
 
-    async def _forward_key(self, events: list[Any]) -> None:
-        for n, event in enumerate(events):
-            if n:
-                await self.app.producer.flush()  # the previous call's delivered mark first (see above)
-            # Table writes go to the partition of "the current event"; in a batch, say which one it is.
-            _current_event.set(weakref.ref(event))
-            msg = event.message
-            try:
-                ev = self.codecs["pagerduty_event"].decode(event.value)
-            except DecodeError as e:
-                await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
-                continue
-            k = ev["stream_key"].encode()
-            done = self.delivered.get(k) or 0
-            if ev["seq"] <= done:
-                self.metrics.records.labels("forward", "already_delivered").inc()
-                continue
-            try:
-                if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
-                    await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
-                    continue
-                await self._deliver(ev, msg, k, inline=True)
-            except Exception as e:  # e.g. Kafka or Redis trouble mid-call: park it, never drop it
-                log.exception("forward failed; parking the event")
-                await self._park(dict(ev, last_error=f"internal: {e}"[:500]), "internal error",
-                                 int(time.time() * 1000) + 5000)
+    async def _forward_one(self, event: Any) -> bytes | None:
+        """Handle one outbox record; return its key when a delivered mark was written."""
+        msg = event.message
+        try:
+            ev = self.codecs["pagerduty_event"].decode(event.value)
+        except DecodeError as e:
+            await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
+            return None
+        k = ev["stream_key"].encode()
+        done = self.delivered.get(k) or 0
+        if ev["seq"] <= done:
+            self.metrics.records.labels("forward", "already_delivered").inc()
+            return None
+        try:
+            if self.parked.get(k):  # an earlier call of this key waits on the retry topic: queue behind it
+                await self._park(ev, "earlier event of this key is parked", int(time.time() * 1000))
+                return None
+            await self._deliver(ev, msg, k, inline=True)
+            return k
+        except Exception as e:  # e.g. Kafka or Redis trouble mid-call: park it, never drop it
+            log.exception("forward failed; parking the event")
+            await self._park(dict(ev, last_error=f"internal: {e}"[:500]), "internal error",
+                             int(time.time() * 1000) + 5000)
+            return None
 
     async def _agent_retry(self, stream: faust.StreamT) -> AsyncIterator[None]:
         while self.forwarder is None:

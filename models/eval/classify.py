@@ -26,7 +26,6 @@ import argparse
 import json
 import random
 import shlex
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 
 from pagerstream.models.classify import CATEGORIES, AlertClassifier, features_from_rule, normalize_severity
 
-from .splits import K, assign_folds
+from .splits import K, split_indices
 
 PASSES = 3
 QUICK_PASSES = 1
@@ -119,7 +118,9 @@ def macro_f1(y: Sequence[str], p: Sequence[str | None]) -> float:
     return sum(f1s) / len(f1s) if f1s else 0.0
 
 
-def _selective(y: Sequence[str], best: Sequence[str | None], conf: Sequence[float], th: float) -> tuple[float, float]:
+def _selective(
+    y: Sequence[str], best: Sequence[str | None], conf: Sequence[float], th: float
+) -> tuple[float, float]:
     kept = [(a, b) for a, b, c in zip(y, best, conf) if c >= th]
     cov = len(kept) / len(y) if y else 0.0
     acc = sum(a == b for a, b in kept) / len(kept) if kept else 0.0
@@ -130,12 +131,13 @@ def _selective(y: Sequence[str], best: Sequence[str | None], conf: Sequence[floa
 
 
 def run_folds(items: list[Item], passes: int, k: int = K) -> list[dict[str, Any]]:
-    folds = assign_folds(((it.group, it.stratum) for it in items), k)
+    splits = split_indices([it.group for it in items], [it.stratum for it in items], k)
     rows: list[dict[str, Any]] = []
-    for f in range(k):
-        train = [it for it in items if folds[it.group] != f]
-        test = [it for it in items if folds[it.group] == f]
-        assert not {it.group for it in train} & {it.group for it in test}
+    for f, (train_i, test_i) in enumerate(splits):
+        train = [items[i] for i in train_i]
+        test = [items[i] for i in test_i]
+        if {it.group for it in train} & {it.group for it in test}:
+            raise AssertionError(f"fold {f}: a group is on both sides")
         clf = AlertClassifier()
         rng = random.Random(SEED + f)
         for _ in range(passes):
@@ -146,7 +148,7 @@ def run_folds(items: list[Item], passes: int, k: int = K) -> list[dict[str, Any]
         base: dict[str, tuple[str, float]] = {}
         for target in ("category", "severity"):
             counts = Counter(getattr(it, target) for it in train if getattr(it, target))
-            label, n = sorted(counts.items(), key=lambda t: (-t[1], t[0]))[0]
+            label, n = min(counts.items(), key=lambda t: (-t[1], t[0]))
             base[target] = (label, n / sum(counts.values()))
         for it in test:
             pr = clf.predict(it.features)
@@ -232,17 +234,25 @@ def evaluate(
             for r in rows:
                 fh.write(json.dumps(r, sort_keys=True) + "\n")
         (path.parent / "classify_metrics.json").write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
-    _print_table(m, rows, data, extras, command)
+    if command is None:
+        parts = ["python", "-m", "pagerstream.models.eval.classify", "--data", str(data)]
+        parts += [a for p in extras for a in ("--extra", str(p))] or ["--no-extra"]
+        parts += ["--out", str(out)] if out is not None else []
+        parts += ["--quick"] if quick else []
+        command = "nice -n 10 " + " ".join(shlex.quote(p) for p in parts)
+    _print_table(m, data, extras, command)
     return m
 
 
-def _print_table(m: dict[str, float], rows: list[dict[str, Any]], data: Path, extras: Iterable[Path], command: str | None) -> None:
+def _print_table(m: dict[str, float], data: Path, extras: Iterable[Path], command: str) -> None:
     def ok(cond: bool) -> str:
         return "PASS" if cond else "BELOW"
 
-    print(f"command: {command or 'evaluate(' + str(data) + ')'}")
-    print(f"data: {data} + extra {[str(p) for p in extras]}; {int(m['n_items'])} items, "
-          f"{int(m['folds'])} folds grouped by service, {int(m['passes'])} pass(es), {m['seconds']}s")
+    print(f"command: {command}")
+    print(
+        f"data: {data} + extra {[str(p) for p in extras]}; {int(m['n_items'])} items, "
+        f"{int(m['folds'])} folds grouped by service, {int(m['passes'])} pass(es), {m['seconds']}s"
+    )
     print(f"{'target':9} {'metric':22} {'model':>7} {'baseline':>9}  goal")
     for t in ("severity", "category"):
         th = m[f"{t}_threshold"]
@@ -250,17 +260,24 @@ def _print_table(m: dict[str, float], rows: list[dict[str, Any]], data: Path, ex
             ("accuracy", "accuracy", None),
             ("macro-F1", "macro_f1", None),
             (f"coverage @p>={th:.2f}", "coverage", None),
-            (f"accuracy when covered", "selective_accuracy", None),
+            ("accuracy when covered", "selective_accuracy", None),
         ]
         for label, key, _ in lines:
             goal = ""
             if t == "severity" and key == "accuracy":
                 goal = f"> majority share {m['severity_majority_share']:.3f}: {ok(m['severity_accuracy'] > m['severity_majority_share'])}"
             if t == "severity" and key == "macro_f1":
-                goal = f">= {GOAL_SEVERITY_MACRO_F1:.2f}: {ok(m['severity_macro_f1'] >= GOAL_SEVERITY_MACRO_F1)}"
+                goal = (
+                    f">= {GOAL_SEVERITY_MACRO_F1:.2f}: {ok(m['severity_macro_f1'] >= GOAL_SEVERITY_MACRO_F1)}"
+                )
             if t == "category" and key == "accuracy":
                 goal = f"(majority share {m['category_majority_share']:.3f})"
-            print(f"{t:9} {label:22} {m[f'{t}_{key}']:7.3f} {m[f'{t}_baseline_{key}']:9.3f}  {goal}")
+            base = m[f"{t}_baseline_{key}"]
+            if key == "selective_accuracy" and m[f"{t}_baseline_coverage"] == 0:
+                base_s = "n/a"
+            else:
+                base_s = f"{base:.3f}"
+            print(f"{t:9} {label:22} {m[f'{t}_{key}']:7.3f} {base_s:>9}  {goal}")
         per = "  ".join(f"{k.split('_f1_')[1]}={v:.2f}" for k, v in m.items() if k.startswith(f"{t}_f1_"))
         print(f"{t:9} per-class F1: {per}")
 
@@ -274,9 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_PASSES} training pass instead of {PASSES}")
     args = ap.parse_args(argv)
     extra = [] if args.no_extra else args.extra
-    cmd = "python -m pagerstream.models.eval.classify " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    m = evaluate(args.data, args.out, args.quick, extra, command=cmd)
-    return 0 if m["severity_accuracy"] > m["severity_majority_share"] and m["severity_macro_f1"] >= GOAL_SEVERITY_MACRO_F1 else 1
+    m = evaluate(args.data, args.out, args.quick, extra)
+    return (
+        0
+        if m["severity_accuracy"] > m["severity_majority_share"]
+        and m["severity_macro_f1"] >= GOAL_SEVERITY_MACRO_F1
+        else 1
+    )
 
 
 if __name__ == "__main__":

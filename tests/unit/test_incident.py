@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pagerstream.processors.alert import Alert
 from pagerstream.processors.incident import (
     APPLIED_MEMORY, RESOLVED_RETENTION_MS, Grouping, decide, expire, group_from_dict, group_to_dict,
-    is_forgettable,
+    is_forgettable, pagerduty_seq,
 )
 
 RK = "a" * 32
@@ -186,14 +186,16 @@ def test_replay_by_raw_position_beyond_memory_emits_nothing():
     g, outs = run(alerts)
     assert g.marks == {3: alerts[-1].raw_offset}
     old = replace(alerts[0], id="other-id:0")  # same raw position, forgotten id
-    step = decide(g, old, Grouping(), seq_base=999)
+    step = decide(g, old, Grouping())
     assert step.replayed and step.outputs == () and step.state == g
 
 
-def test_replay_reuses_the_original_seq_base():
-    a1 = replace(alert(1), raw_partition=0, raw_offset=10)
-    g = decide(None, a1, Grouping(), seq_base=88).state
-    again = decide(g, a1, Grouping(), seq_base=4242)  # re-published at a later offset
-    assert again.replayed and again.seq_base == 88
-    assert [o.pd_action for o in again.outputs] == ["trigger"]
-    assert group_from_dict(group_to_dict(g)).applied[0].seq_base == 88
+def test_pagerduty_seq_increases_across_incidents_of_one_key_and_is_replay_stable():
+    a1, r1, a2 = alert(1), alert(2, "resolve"), alert(3)
+    g, outs = run([a1, r1, a2])
+    seqs = [pagerduty_seq(o.incident.incident_id, o.incident.version) for o in outs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    again = decide(g, a1, Grouping())  # replay of the first trigger
+    assert pagerduty_seq(again.outputs[0].incident.incident_id, again.outputs[0].incident.version) == seqs[0]
+    _, outs2 = run([a1, r1, a2])  # recomputed from scratch (state lost): same numbers
+    assert [pagerduty_seq(o.incident.incident_id, o.incident.version) for o in outs2] == seqs
