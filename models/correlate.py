@@ -20,7 +20,9 @@ Every group has its own silence tolerance,
 ``clamp(gap_factor * (age + prior_gap_s) / count, min_gap_s, max_gap_s)``, i.e. ``gap_factor``
 times its mean inter-arrival time, with one pseudo-gap of ``prior_gap_s`` so that a young group is
 not closed too early. A dense burst (hundreds of alerts a second) thus closes after ``min_gap_s``
-of quiet, so two scanner runs a few seconds apart stay apart, while a slow background stream
+of quiet once it has about ``gap_factor * prior_gap_s / min_gap_s`` alerts (3,600 by default; a
+smaller burst tolerates proportionally longer pauses), so two scanner runs a few seconds apart stay
+apart, while a slow background stream
 (logins every minute) stays one group across quiet spells. A silent group stops matching as soon as
 its tolerance has passed, and ``expire()`` drops it from memory. Nothing outlives ``max_gap_s`` of
 silence, and ``max_open_groups`` caps the table (least recently active groups close first).
@@ -29,7 +31,7 @@ Text similarity is exact token Jaccard on the normalised type code and alert nam
 "Web server 400 error code." -> {w, acc, 400, wazuh, web, server, error, code}). Only the few open
 groups of one entity are compared, with pair results cached, so MinHash/LSH would not be any cheaper.
 
-The model never sees labels of the evaluation. ``to_state()`` / ``from_state()`` round-trip through
+The model never sees ground-truth labels. ``to_state()`` / ``from_state()`` round-trip through
 JSON (caches are rebuilt).
 """
 
@@ -37,8 +39,9 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 VERSION = "correlate-1.0.0"
 
@@ -60,7 +63,10 @@ _RULE_TEXT = {
 }
 
 _TOKEN = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an the of in on to for from and or is are was by with this that same alert".split())
+_STOP = frozenset(
+    {"a", "an", "the", "of", "in", "on", "to", "for", "from", "and", "or", "is", "are", "was", "by", "with"}
+    | {"this", "that", "same", "alert"}
+)
 _NEG_INF = float("-inf")
 
 
@@ -195,9 +201,17 @@ class AlertCorrelator:
         # hot-path copies
         self._min_gap, self._gap_factor, self._max_gap = float(min_gap_s), float(gap_factor), float(max_gap_s)
         self._prior, self._sim_min = float(prior_gap_s), float(similarity)
-        self._cooccur, self._cross, self._burst_rate = float(cooccur_s), float(cross_entity_s), int(burst_rate)
+        self._cooccur, self._cross, self._burst_rate = (
+            float(cooccur_s),
+            float(cross_entity_s),
+            int(burst_rate),
+        )
         self._ent_keys = tuple(entity_keys)
-        self._max_open, self._per_entity, self._max_labels = int(max_open_groups), int(max_groups_per_entity), int(max_labels)
+        self._max_open, self._per_entity, self._max_labels = (
+            int(max_open_groups),
+            int(max_groups_per_entity),
+            int(max_labels),
+        )
         self.on_close = on_close
         self._groups: OrderedDict[int, _Group] = OrderedDict()  # least recently active first
         self._by_key: dict[tuple[str, str], int] = {}  # (entity, type) -> gid
@@ -246,7 +260,7 @@ class AlertCorrelator:
         cooccur = self._cooccur
         g = None
         rule = RULE_NEW
-        sim = 0.0
+        sim, like, via = 0.0, typ, ents[0]  # similarity, the group's type it matched, the linking entity
         # 0. an active burst on this entity
         for e in ents:
             gid = self._hot.get(e)
@@ -255,8 +269,11 @@ class AlertCorrelator:
                 if c is None:
                     del self._hot[e]
                 elif t - c.burst_t <= cooccur and t - c.last <= c.gap:
-                    g, rule = c, RULE_ACTIVE
-                    sim = 1.0 if typ in c.types else self._best_sim(typ, name, c)
+                    g, rule, via = c, RULE_ACTIVE, e
+                    if typ not in c.types:
+                        sim, like = self._best_sim(typ, name, c)
+                    else:
+                        sim = 1.0
                     break
         # 1. same entity, same type
         if g is None:
@@ -265,10 +282,11 @@ class AlertCorrelator:
                 if gid is not None:
                     c = groups.get(gid)
                     if c is not None and t - c.last <= c.gap:
-                        g, rule, sim = c, RULE_SAME, 1.0
+                        g, rule, sim, via = c, RULE_SAME, 1.0, e
                         break
         if g is None:
-            best, best_sim, recent = None, -1.0, None
+            best = recent = None
+            best_sim, best_like, best_e, recent_e = -1.0, typ, via, via
             for e in ents:
                 gids = self._by_entity.get(e)
                 if not gids:
@@ -278,36 +296,47 @@ class AlertCorrelator:
                     if c is None or t - c.last > c.gap:
                         continue
                     if recent is None or c.last > recent.last:
-                        recent = c
-                    s = self._best_sim(typ, name, c)
+                        recent, recent_e = c, e
+                    s, other = self._best_sim(typ, name, c)
                     if s > best_sim:
-                        best, best_sim = c, s
+                        best, best_sim, best_like, best_e = c, s, other, e
             if best is not None and best_sim >= self._sim_min:  # 2. similar text
-                g, rule, sim = best, RULE_SIMILAR, best_sim
+                g, rule, sim, like, via = best, RULE_SIMILAR, best_sim, best_like, best_e
             elif recent is not None and t - recent.last <= cooccur:  # 3. fired together
-                g, rule = recent, RULE_BURST
-                sim = best_sim if best is recent else self._best_sim(typ, name, recent)
+                g, rule, via = recent, RULE_BURST, recent_e
+                sim, like = (best_sim, best_like) if best is recent else self._best_sim(typ, name, recent)
             else:  # 4. same type elsewhere, just now
                 hit = self._by_type.get(typ)
                 if hit is not None and t - hit[1] <= self._cross and hit[2] not in ents:
                     c = groups.get(hit[0])
                     if c is not None and t - c.last <= c.gap:
-                        g, rule, sim = c, RULE_CROSS, 1.0
+                        g, rule, sim, via = c, RULE_CROSS, 1.0, hit[2]
         new = g is None
         if g is None:
             g = self._open(t)
-            reason: dict[str, Any] = {"rule": RULE_NEW, "similarity": 0.0, "matched_group_age_s": 0.0,
-                                      "text": _RULE_TEXT[RULE_NEW]}
+            reason: dict[str, Any] = {
+                "rule": RULE_NEW,
+                "similarity": 0.0,
+                "matched_group_age_s": 0.0,
+                "text": _RULE_TEXT[RULE_NEW],
+            }
         else:
-            kind = ents[0].split(":", 1)[0]
             reason = {
                 "rule": rule,
                 "similarity": round(sim, 4),
                 "matched_group_age_s": t - g.first,
                 "since_last_s": max(0.0, t - g.last),
                 "gap_tolerance_s": round(g.gap, 3),
-                "text": _RULE_TEXT[rule].format(entity=kind, gap=g.gap, sim=sim, cooccur=cooccur, cross=self._cross,
-                                                rate=self._burst_rate),
+                "entity": via,  # the host/ip (or label) value that linked the alert to the group
+                "matched_type": like if sim > 0 else None,  # the group's alert type it resembled
+                "text": _RULE_TEXT[rule].format(
+                    entity=via.split(":", 1)[0],
+                    gap=g.gap,
+                    sim=sim,
+                    cooccur=cooccur,
+                    cross=self._cross,
+                    rate=self._burst_rate,
+                ),
             }
         self._touch(g, t, ents, typ, name, rule)
         return Assignment(g.gid, reason, new)
@@ -347,20 +376,21 @@ class AlertCorrelator:
             tok = self._tokens[key] = text_tokens(typ if typ != name else "", name)
         return tok
 
-    def _best_sim(self, typ: str, name: str, g: _Group) -> float:
-        """Highest token Jaccard between this alert's type and the group's types (cached per pair)."""
+    def _best_sim(self, typ: str, name: str, g: _Group) -> tuple[float, str]:
+        """Highest token Jaccard between this alert's type and the group's types, and that type."""
         cache = self._sim_cache
-        best = 0.0
+        best, like = 0.0, ""
         for other in g.types:
             key = (typ, other)
             s = cache.get(key)
             if s is None:
                 if len(cache) >= 65536:
                     cache.clear()
-                s = cache[key] = jaccard(self._tokens_for(typ, name), self._type_tokens.get(other, frozenset()))
+                tok = self._type_tokens.get(other, frozenset())
+                s = cache[key] = jaccard(self._tokens_for(typ, name), tok)
             if s > best:
-                best = s
-        return best
+                best, like = s, other
+        return best, like
 
     def _open(self, t: float) -> _Group:
         g = _Group(gid=self._next_id, first=t, last=t)
@@ -371,19 +401,17 @@ class AlertCorrelator:
 
     def _touch(self, g: _Group, t: float, ents: list[str], typ: str, name: str, rule: str) -> None:
         g.count += 1
-        if t > g.last:
-            g.last = t
+        g.last = max(g.last, t)
         gap = self._gap_factor * (g.last - g.first + self._prior) / g.count
-        g.gap = self._min_gap if gap < self._min_gap else (self._max_gap if gap > self._max_gap else gap)
+        g.gap = self._min_gap if gap < self._min_gap else min(gap, self._max_gap)
         sec = t // 1
         if sec == g.sec:
             g.sec_n += 1
         elif sec > g.sec:
             g.sec, g.sec_n = sec, 1
-        if g.sec_n >= self._burst_rate:
+        bursting = g.sec_n >= self._burst_rate
+        if bursting:
             g.burst_t = t
-            for e in ents:
-                self._hot[e] = g.gid
         g.rules[rule] = g.rules.get(rule, 0) + 1
         if typ in g.types:
             g.types[typ] += 1
@@ -400,9 +428,14 @@ class AlertCorrelator:
             elif len(g.entities) < self._max_labels:
                 g.entities[e] = 1
             key = (e, typ)
-            if self._by_key.get(key) != g.gid and (key in g.keys or len(g.keys) < self._max_labels * self._max_labels):
-                self._by_key[key] = g.gid
+            if key not in g.keys:
+                if len(g.keys) >= self._max_labels * self._max_labels:
+                    continue  # index full: the group stays reachable through its existing keys
                 g.keys.add(key)
+            # every index entry below belongs to an entity of g.keys, so _close() can remove it
+            self._by_key[key] = g.gid
+            if bursting:
+                self._hot[e] = g.gid
             lst = self._by_entity.get(e)
             if lst is None:
                 lst = self._by_entity[e] = OrderedDict()
@@ -412,14 +445,15 @@ class AlertCorrelator:
                 lst[g.gid] = None
                 if len(lst) > self._per_entity:
                     lst.popitem(last=False)
-        self._by_type[typ] = (g.gid, t, ents[0])
+        if (ents[0], typ) in g.keys:  # so that _close() finds it
+            self._by_type[typ] = (g.gid, t, ents[0])
 
     def _close(self, gid: int) -> dict[str, Any]:
         g = self._groups.pop(gid)
         for key in g.keys:
             if self._by_key.get(key) == gid:
                 del self._by_key[key]
-        for e in {k[0] for k in g.keys} | set(g.entities):
+        for e in {k[0] for k in g.keys}:
             lst = self._by_entity.get(e)
             if lst is not None:
                 lst.pop(gid, None)
@@ -427,7 +461,7 @@ class AlertCorrelator:
                     del self._by_entity[e]
             if self._hot.get(e) == gid:
                 del self._hot[e]
-        for typ in g.types:
+        for typ in {k[1] for k in g.keys}:
             hit = self._by_type.get(typ)
             if hit is not None and hit[0] == gid:
                 del self._by_type[typ]
@@ -447,9 +481,17 @@ class AlertCorrelator:
             "n_groups": self.n_groups,
             "groups": [
                 {
-                    "gid": g.gid, "first": g.first, "last": g.last, "count": g.count, "gap": g.gap,
-                    "sec": _num(g.sec), "sec_n": g.sec_n, "burst_t": _num(g.burst_t),
-                    "entities": dict(g.entities), "types": dict(g.types), "rules": dict(g.rules),
+                    "gid": g.gid,
+                    "first": g.first,
+                    "last": g.last,
+                    "count": g.count,
+                    "gap": g.gap,
+                    "sec": _num(g.sec),
+                    "sec_n": g.sec_n,
+                    "burst_t": _num(g.burst_t),
+                    "entities": dict(g.entities),
+                    "types": dict(g.types),
+                    "rules": dict(g.rules),
                     "keys": sorted([list(k) for k in g.keys]),
                 }
                 for g in self._groups.values()
@@ -464,7 +506,7 @@ class AlertCorrelator:
     @classmethod
     def from_state(
         cls, state: Mapping[str, Any], on_close: Callable[[dict[str, Any]], None] | None = None
-    ) -> "AlertCorrelator":
+    ) -> AlertCorrelator:
         if str(state.get("version", "")).split(".")[0] != VERSION.split(".")[0]:
             raise ValueError(f"state version {state.get('version')!r} is not compatible with {VERSION}")
         m = cls(**state["params"], on_close=on_close)
@@ -474,14 +516,24 @@ class AlertCorrelator:
         m.n_groups = int(state["n_groups"])
         for d in state["groups"]:
             g = _Group(
-                gid=int(d["gid"]), first=float(d["first"]), last=float(d["last"]), count=int(d["count"]),
-                gap=float(d["gap"]), sec=_unnum(d["sec"]), sec_n=int(d["sec_n"]), burst_t=_unnum(d["burst_t"]),
-                entities=dict(d["entities"]), types=dict(d["types"]), rules=dict(d["rules"]),
+                gid=int(d["gid"]),
+                first=float(d["first"]),
+                last=float(d["last"]),
+                count=int(d["count"]),
+                gap=float(d["gap"]),
+                sec=_unnum(d["sec"]),
+                sec_n=int(d["sec_n"]),
+                burst_t=_unnum(d["burst_t"]),
+                entities=dict(d["entities"]),
+                types=dict(d["types"]),
+                rules=dict(d["rules"]),
                 keys={(k[0], k[1]) for k in d["keys"]},
             )
             m._groups[g.gid] = g
         m._by_key = {(e, t): int(gid) for e, t, gid in state["by_key"]}
-        m._by_entity = {e: OrderedDict((int(x), None) for x in gids) for e, gids in state["by_entity"].items()}
+        m._by_entity = {
+            e: OrderedDict((int(x), None) for x in gids) for e, gids in state["by_entity"].items()
+        }
         m._by_type = {t: (int(v[0]), float(v[1]), str(v[2])) for t, v in state["by_type"].items()}
         m._hot = {e: int(gid) for e, gid in state["hot"].items()}
         m._type_tokens = {t: frozenset(v) for t, v in state["type_tokens"].items()}
