@@ -1100,16 +1100,22 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(run=run, logdir=logdir, catalog=str(REPO / "examples" / "catalog.yaml"), keep_logs=args.keep_logs)
     info = env_info()
     print(f"pagerstream benchmark, run id {run}; logs in {logdir}", flush=True)
-    t_q = time.monotonic()
-    while True:
+    t_q, said = time.monotonic(), 0.0
+    while True:  # how busy is the machine before we start? optionally wait for it to calm down
         m = CpuMeter({}).start()
         time.sleep(3)
         m.stop()
         OTHER_LOAD.pop()
         busy = m.others or 0.0
-        print(f"other processes on the machine: {busy:.0f}% of a core", flush=True)
-        if busy < 15 or time.monotonic() - t_q >= args.wait_quiet:
+        waited = time.monotonic() - t_q
+        if busy < 15 or waited >= args.wait_quiet:
+            print(f"other processes on the machine: {busy:.0f}% of a core"
+                  + (f" (after waiting {waited:.0f} s)" if args.wait_quiet else ""), flush=True)
             break
+        if waited - said >= 30 or not said:
+            print(f"other processes use {busy:.0f}% of a core; waiting for quiet (up to {args.wait_quiet:g} s)",
+                  flush=True)
+            said = waited or 0.001
     ok = False
     res: dict[str, Any] = {}
     t0 = time.monotonic()

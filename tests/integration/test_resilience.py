@@ -86,7 +86,10 @@ def test_sigkill_mid_stream_loses_nothing_and_stays_consistent(workers, sandbox)
         assert seq[0] == "trigger", (k, seq)
         first_resolve = seq.index("resolve")
         assert set(seq[first_resolve:]) == {"resolve"}, (k, seq)
-    anomalies = [a for a in sandbox.state("stats")["anomalies"] if str(a).find(f"crash-{run}") >= 0]
+    # A repeated resolve is the one repeat at-least-once may cause (the last call of a key, sent again);
+    # PagerDuty ignores it. Anything else the sandbox flags would be a contradictory sequence.
+    anomalies = [a for a in sandbox.state("stats")["anomalies"]
+                 if str(a).find(f"crash-{run}") >= 0 and a["kind"] != "resolve_after_resolve"]
     assert anomalies == []
     # Replays did not open a second incident for any key.
     bs = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
