@@ -563,7 +563,8 @@ async def paced_produce(topic: str, rate: float, seconds: float, run: str, tag: 
         await p.stop()
 
 
-async def bench_latency(ctx: Ctx, rate: float, seconds: float, drain_limit: float) -> dict[str, Any]:
+async def bench_latency(ctx: Ctx, rates: list[tuple[float, float]], drain_limit: float) -> list[dict[str, Any]]:
+    """One sandbox and one worker with the forwarder; one steady step per (rate, seconds), in order."""
     import httpx
 
     from pagerstream.localrun import start_sandbox
@@ -573,62 +574,69 @@ async def bench_latency(ctx: Ctx, rate: float, seconds: float, drain_limit: floa
     # 100000 (as first planned) is rejected by config.py (max 10000); 10000/s is still 10x the load.
     env, prefix, datadir = new_worker_env(ctx, "lat", events_url=sb.url,
                                           extra={"PAGERSTREAM_PD_RATE": "10000", "PAGERSTREAM_PD_BURST": "10000"})
-    rk = ("LAT" + uuid.uuid4().hex.upper())[:32]
     w = None
     watch = OffsetWatch([prefix + t for t in ("alerts.raw", "alerts.normalized", "incidents", "pagerduty.outbox")])
-    progress: list[tuple[float, dict[str, int]]] = []
+    out = []
     try:
         w = await asyncio.to_thread(launch_worker, ctx, env, "worker-lat", True)
         await watch.start()
-        topic = prefix + "alerts.raw"
         async with httpx.AsyncClient(timeout=60) as http:
-            async def delivered() -> int:
-                return int((await http.get(f"{sb.url}/sandbox/stats")).json()["requests"])
-
-            async def sample(t0: float) -> dict[str, int]:
-                c = {k.removeprefix(prefix): v for k, v in (await watch.counts()).items()}
-                c["delivered"] = await delivered()
-                progress.append((time.perf_counter() - t0, c))
-                return c
-
             # warm-up: 100 alerts all the way through (connections, assignment), then wipe the sandbox
-            await paced_produce(topic, 100, 1.0, ctx.run, "warm", rk)
+            rk = ("WARM" + uuid.uuid4().hex.upper())[:32]
+            await paced_produce(prefix + "alerts.raw", 100, 1.0, ctx.run, "warm", rk)
             t_w = time.monotonic()
-            while await delivered() < 100 and time.monotonic() - t_w < 60:
+            while (await http.get(f"{sb.url}/sandbox/stats")).json()["requests"] < 100 and time.monotonic() - t_w < 60:
                 await asyncio.sleep(0.5)
-            await http.post(f"{sb.url}/sandbox/reset")
-            base = {k.removeprefix(prefix): v for k, v in (await watch.counts()).items()}
-
-            cpu = CpuMeter({"worker": w.proc.popen.pid, "kafka": kafka_pid(), "sandbox": sb.proc.popen.pid,
-                            "bench": os.getpid()}).start()
-            t0 = time.perf_counter()
-            sender = asyncio.ensure_future(paced_produce(topic, rate, seconds, ctx.run, "lat", rk))
-            while not sender.done():
-                await asyncio.wait([sender], timeout=1.0)
-                if not sender.done():
-                    await sample(t0)
-            sent, elapsed = sender.result()
-            t_last_send = time.time()
-            cpu.stop()
-            at_end = await sample(t0)
-            # drain: until everything arrived, nothing moved for 10 s, or the drain limit
-            last, last_change, t_d = -1, time.monotonic(), time.monotonic()
-            while True:
-                cnt = (await sample(t0))["delivered"]
-                if cnt != last:
-                    last, last_change = cnt, time.monotonic()
-                if cnt >= sent or time.monotonic() - last_change > 10 or time.monotonic() - t_d > drain_limit:
-                    break
-                await asyncio.sleep(1.0)
-            drain_s = time.monotonic() - t_d
-            t_stop = time.time()
-            reqs = (await http.get(f"{sb.url}/sandbox/requests", params={"routing_key": rk})).json()["requests"]
+            for i, (rate, seconds) in enumerate(rates):
+                await http.post(f"{sb.url}/sandbox/reset")
+                out.append(await _latency_step(ctx, http, sb, w, watch, prefix, rate, seconds, drain_limit, i))
     finally:
         await watch.stop()
         if w:
             CLEANUP.stop(w.proc)
         CLEANUP.stop(sb.proc)
         shutil.rmtree(datadir, ignore_errors=True)
+    return out
+
+
+async def _latency_step(ctx: Ctx, http: Any, sb: Any, w: Any, watch: OffsetWatch, prefix: str, rate: float,
+                        seconds: float, drain_limit: float, step_no: int) -> dict[str, Any]:
+    rk = ("LAT" + uuid.uuid4().hex.upper())[:32]  # a routing key of this step only
+    progress: list[tuple[float, dict[str, int]]] = []
+
+    async def sample(t0: float) -> dict[str, int]:
+        c = {k.removeprefix(prefix): v for k, v in (await watch.counts()).items()}
+        c["delivered"] = int((await http.get(f"{sb.url}/sandbox/stats")).json()["requests"])
+        progress.append((time.perf_counter() - t0, c))
+        return c
+
+    base = {k.removeprefix(prefix): v for k, v in (await watch.counts()).items()}
+    cpu = CpuMeter({"worker": w.proc.popen.pid, "kafka": kafka_pid(), "sandbox": sb.proc.popen.pid,
+                    "bench": os.getpid()}).start()
+    t0 = time.perf_counter()
+    sender = asyncio.ensure_future(paced_produce(prefix + "alerts.raw", rate, seconds, ctx.run, f"lat{step_no}", rk))
+    while not sender.done():
+        await asyncio.wait([sender], timeout=1.0)
+        if not sender.done():
+            await sample(t0)
+    sent, elapsed = sender.result()
+    t_last_send = time.time()
+    cpu.stop()
+    at_end = await sample(t0)
+    # drain: until everything arrived, nothing moved for 10 s, or the drain limit
+    last, last_change, t_d = -1, time.monotonic(), time.monotonic()
+    w_cpu0 = cpu_seconds(w.proc.popen.pid) or 0.0
+    while True:
+        cnt = (await sample(t0))["delivered"]
+        if cnt != last:
+            last, last_change = cnt, time.monotonic()
+        if cnt >= sent or time.monotonic() - last_change > 10 or time.monotonic() - t_d > drain_limit:
+            break
+        await asyncio.sleep(0.5)
+    drain_s = time.monotonic() - t_d
+    t_stop = time.time()
+    worker_cpu_s = (cpu.result.get("worker", 0.0) * cpu.wall / 100) + (cpu_seconds(w.proc.popen.pid) or 0.0) - w_cpu0
+    reqs = (await http.get(f"{sb.url}/sandbox/requests", params={"routing_key": rk})).json()["requests"]
 
     lat: list[tuple[float, float]] = []  # (sent_at, latency s)
     statuses: dict[str, int] = {}
@@ -662,6 +670,8 @@ async def bench_latency(ctx: Ctx, rate: float, seconds: float, drain_limit: floa
         "delivered_rate": (len(recv) - 1) / (recv[-1] - recv[0]) if len(recv) > 1 else 0.0,
         "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99), "max": max(ms) if ms else float("nan"),
         "series": series, "cpu": cpu.text(), "at_end_of_sending": backlog,
+        # worker CPU over sending + drain per delivered alert (an upper bound when some are missing)
+        "worker_cpu_ms": 1000 * worker_cpu_s / len(lat) if lat else None,
     }
 
 
@@ -787,7 +797,7 @@ def _with_generator(text: str, r: dict[str, Any]) -> str:
     return f"wrk {r['generator_cpu']:.0f}%, {text}" if "generator_cpu" in r else text
 
 
-async def bench_ingress(ctx: Ctx, seconds: float, conns: int) -> dict[str, Any]:
+async def bench_ingress(ctx: Ctx, seconds: float, conns: int, warm: float) -> dict[str, Any]:
     from pagerstream.localrun import free_port, start, wait_http
 
     script = lua_script(ctx) if shutil.which("wrk") else None
@@ -799,7 +809,7 @@ async def bench_ingress(ctx: Ctx, seconds: float, conns: int) -> dict[str, Any]:
         if not await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 20):
             raise RuntimeError("trivial server did not start:\n" + srv.log_tail())
         url = f"http://127.0.0.1:{port}/v2/enqueue"
-        await load(url, 2, conns, ctx, script)  # warm-up
+        await load(url, warm, conns, ctx, script)  # warm-up
         cpu = CpuMeter({"server": srv.popen.pid}).start()
         base = await load(url, seconds, conns, ctx, script)
         cpu.stop()
@@ -814,7 +824,7 @@ async def bench_ingress(ctx: Ctx, seconds: float, conns: int) -> dict[str, Any]:
         watch = OffsetWatch([prefix + "alerts.raw"])
         await watch.start()
         url = w.url + "/v2/enqueue"
-        await load(url, 2, conns, ctx, script)  # warm-up
+        await load(url, warm, conns, ctx, script)  # warm-up
         before = (await watch.counts())[prefix + "alerts.raw"]
         cpu = CpuMeter({"worker": w.proc.popen.pid, "kafka": kafka_pid()}).start()
         res = await load(url, seconds, conns, ctx, script)
@@ -831,7 +841,7 @@ async def bench_ingress(ctx: Ctx, seconds: float, conns: int) -> dict[str, Any]:
             CLEANUP.stop(w.proc)
         shutil.rmtree(datadir, ignore_errors=True)
     return {"baseline": base, "ingress": res, "generator": "wrk (1 thread)" if script else "python aiohttp",
-            "conns": conns, "seconds": seconds}
+            "conns": conns, "seconds": seconds, "warm": warm}
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -922,14 +932,15 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
                          f">= {fmt(TARGET_PIPELINE)}", verdict(t["rate"], TARGET_PIPELINE)
                          + ("" if t["complete"] else " (incomplete)")))
     lt = res.get("latency")
-    if lt:
-        rows.append((f"3 Latency produce->PD call @ {fmt(lt['target_rate'])}/s, p99",
-                     fmt_ms(lt["p99"], lt), f"<= {fmt(TARGET_P99_MS)} ms",
-                     verdict(lt["p99"], TARGET_P99_MS, higher_is_better=False)
-                     + ("" if not lt["missing"] else f" ({fmt(lt['missing'])} not delivered in time)")))
-        rows.append(("3 ... rate the pipeline delivered to PagerDuty meanwhile", f"{fmt(lt['delivered_rate'])}/s",
-                     f"{fmt(lt['target_rate'])}/s offered", "keeps up" if lt["delivered_rate"] >= 0.97 *
-                     lt["target_rate"] and not lt["missing"] else "FALLS BEHIND"))
+    for step in res.get("latency_steps", []):
+        main_step = step is lt
+        rows.append((f"3 Latency produce->PD call @ {fmt(step['target_rate'])}/s, p99",
+                     fmt_ms(step["p99"], step), f"<= {fmt(TARGET_P99_MS)} ms" if main_step else "(lower rate)",
+                     (verdict(step["p99"], TARGET_P99_MS, higher_is_better=False) if main_step else "")
+                     + ("" if not step["missing"] else f" ({fmt(step['missing'])} not delivered in time)")))
+        rows.append((f"3   delivered to PagerDuty while {fmt(step['target_rate'])}/s was offered",
+                     f"{fmt(step['delivered_rate'])}/s", "", "keeps up" if step["delivered_rate"] >= 0.97 *
+                     step["target_rate"] and not step["missing"] else "FALLS BEHIND"))
     ig = res.get("ingress")
     if ig:
         only202 = set(ig["ingress"]["statuses"]) <= {"202"}
@@ -976,9 +987,10 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
             step = max(1, len(pts) // 8)
             w("    incidents over time (s from first: count): "
               + ", ".join(f"{s:g}: {c:,}" for s, c in pts[::step]))
-    if lt:
+    for lt in res.get("latency_steps", []):
         w(f"[3] Latency: {fmt(lt['sent'])} distinct triggers at a target {fmt(lt['target_rate'])}/s for "
-          f"{lt['seconds']:g} s (achieved produce rate {fmt(lt['produce_rate'])}/s); PD rate limit raised to 10000/s")
+          f"{lt['seconds']:g} s (achieved produce rate {fmt(lt['produce_rate'])}/s); one worker with the forwarder, "
+          "PD rate limit raised to 10000/s")
         w(f"    delivered to the sandbox {fmt(lt['delivered'])}/{fmt(lt['sent'])} at {fmt(lt['delivered_rate'])}/s "
           f"(waited {lt['drain_s']:.1f} s after the last send, limit {args.drain_limit:g} s); "
           f"sandbox statuses {lt['statuses']}")
@@ -991,10 +1003,12 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
         if lt["series"]:
             w("    latency by send time (second: n, p50 ms, p99 ms): " + "; ".join(
                 f"{s}: {n}, {a:,.0f}, {b:,.0f}" for s, n, a, b in lt["series"]))
-        w(f"    CPU during the steady phase: {lt['cpu']}")
+        w(f"    CPU while sending: {lt['cpu']}")
+        if lt.get("worker_cpu_ms"):
+            w(f"    worker CPU per delivered alert (sending + drain): {lt['worker_cpu_ms']:.2f} ms")
     if ig:
         b, r = ig["baseline"], ig["ingress"]
-        w(f"[4] Ingress: {ig['generator']}, {ig['conns']} connections, {ig['seconds']:g} s after a 2 s warm-up;"
+        w(f"[4] Ingress: {ig['generator']}, {ig['conns']} connections, {ig['seconds']:g} s after a {ig['warm']:g} s warm-up;"
           " a new dedup_key per request")
         w(f"    worker  : {fmt(r['rate'])} req/s, statuses {r['statuses']}, socket errors {r['errors']}, "
           f"latency p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms; records landed in alerts.raw "
@@ -1013,14 +1027,39 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
 
 # --- main ----------------------------------------------------------------------------------------------
 
+def stack_up() -> bool:
+    import redis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def kafka() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=5000)
+        try:
+            async with asyncio.timeout(8):
+                await admin.start()
+                return bool((await admin.describe_cluster()).get("brokers"))
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    try:
+        redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=3).ping()
+    except Exception:
+        return False
+    return asyncio.run(kafka())
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller N and shorter phases (~1 minute)")
-    ap.add_argument("--n", type=int, help="records for the Kafka baseline and each pipeline mix")
+    ap.add_argument("--n", type=int, help="records for the Kafka baseline and each pipeline mix (30000, quick 3000)")
     ap.add_argument("--rate", type=float, default=1000.0, help="steady produce rate for the latency phase")
     ap.add_argument("--latency-seconds", type=float, help="length of the steady phase (20, quick 5)")
-    ap.add_argument("--drain-limit", type=float, help="max wait for the latency backlog after sending (40, quick 15)")
-    ap.add_argument("--ingress-seconds", type=float, help="length of each load run (15, quick 4)")
+    ap.add_argument("--extra-rates", default=None,
+                    help="comma list of lower rates measured first, 10 s each, on the same worker (100; quick: none)")
+    ap.add_argument("--drain-limit", type=float, help="max wait for the latency backlog after sending (40, quick 10)")
+    ap.add_argument("--ingress-seconds", type=float, help="length of each load run (15, quick 3)")
     ap.add_argument("--conns", type=int, default=64, help="HTTP connections of the load generator")
     ap.add_argument("--only", default="kafka,throughput,latency,ingress",
                     help="comma list of phases: kafka,throughput,latency,ingress")
@@ -1030,10 +1069,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--keep-topics", action="store_true", help="do not delete this run's topics at the end")
     ap.add_argument("--keep-logs", action="store_true", help="keep the process logs directory")
     a = ap.parse_args(argv)
-    a.n = a.n or (5_000 if a.quick else 30_000)
+    a.n = a.n or (3_000 if a.quick else 30_000)
     a.latency_seconds = a.latency_seconds or (5.0 if a.quick else 20.0)
-    a.drain_limit = a.drain_limit or (15.0 if a.quick else 40.0)
-    a.ingress_seconds = a.ingress_seconds or (4.0 if a.quick else 15.0)
+    a.drain_limit = a.drain_limit or (10.0 if a.quick else 40.0)
+    if a.extra_rates is None:
+        a.extra_rates = "" if a.quick else "100"
+    a.extra_rates = [float(x) for x in a.extra_rates.split(",") if x.strip()]
+    a.ingress_seconds = a.ingress_seconds or (3.0 if a.quick else 15.0)
     return a
 
 
@@ -1064,18 +1106,22 @@ async def amain(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
                 ctx.notes.append(f"throughput {mix} failed: {e}")
                 say(f"    FAILED: {e}")
     if "latency" in phases:
-        say(f"3/4 Latency: {args.rate:,.0f} alerts/s for {args.latency_seconds:g} s through worker + PD sandbox")
+        steps = [(r, min(args.latency_seconds, 10.0)) for r in args.extra_rates] + [(args.rate, args.latency_seconds)]
+        say("3/4 Latency through worker + PD sandbox: " + ", then ".join(f"{r:,.0f} alerts/s for {s:g} s"
+                                                                          for r, s in steps))
         try:
-            res["latency"] = await bench_latency(ctx, args.rate, args.latency_seconds, args.drain_limit)
-            lt = res["latency"]
-            say(f"    p50 {fmt_ms(lt['p50'], lt)}, p99 {fmt_ms(lt['p99'], lt)}, delivered {lt['delivered']}/{lt['sent']}")
+            res["latency_steps"] = await bench_latency(ctx, steps, args.drain_limit)
+            for lt in res["latency_steps"]:
+                say(f"    {lt['target_rate']:,.0f}/s: p50 {fmt_ms(lt['p50'], lt)}, p99 {fmt_ms(lt['p99'], lt)}, "
+                    f"delivered {lt['delivered']}/{lt['sent']}")
+            res["latency"] = res["latency_steps"][-1]
         except Exception as e:
             ctx.notes.append(f"latency phase failed: {e}")
             say(f"    FAILED: {e}")
     if "ingress" in phases:
         say(f"4/4 Ingress: {args.conns} connections for {args.ingress_seconds:g} s, baseline first")
         try:
-            res["ingress"] = await bench_ingress(ctx, args.ingress_seconds, args.conns)
+            res["ingress"] = await bench_ingress(ctx, args.ingress_seconds, args.conns, 1.0 if args.quick else 2.0)
             ig = res["ingress"]
             say(f"    worker {ig['ingress']['rate']:,.0f} req/s {ig['ingress']['statuses']}, "
                 f"baseline {ig['baseline']['rate']:,.0f} req/s")
@@ -1090,9 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(shlex.quote(x) for x in ["python", "bench/pipeline.py", *argv])
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from tests.stack import kafka_ready, redis_ready  # reachability checks only
-
-    if not (kafka_ready(BOOTSTRAP, 5) and redis_ready(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), 3)):
+    if not stack_up():
         print("Kafka or Redis is not reachable; start them with: scripts/stack.sh start", file=sys.stderr)
         return 2
     run = "bench-" + dt.datetime.now().strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]

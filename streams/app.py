@@ -91,6 +91,11 @@ class Pipeline(DeliveryAgents):
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start_side_services(self) -> None:
+        # faust and aiokafka call log.debug("... %r", value) for every record; with their loggers left
+        # at NOTSET the records were built (repr of each value) before handlers dropped them.
+        root = logging.getLogger().getEffectiveLevel()
+        for name in ("faust", "mode", "aiokafka", "kafka"):
+            logging.getLogger(name).setLevel(max(root, logging.INFO))
         await self.catalog.start()
         self.metrics.catalog_services.set(len(self.catalog.current.services))
         s = self.settings
