@@ -663,7 +663,9 @@ async def _latency_step(ctx: Ctx, http: Any, sb: Any, w: Any, watch: OffsetWatch
     backlog = {k: at_end[k] - base.get(k, 0) for k in ("alerts.raw", "alerts.normalized", "incidents",
                                                          "pagerduty.outbox")}
     backlog["delivered"] = at_end["delivered"]
+    hops = await hop_breakdown(prefix, f"{ctx.run}-lat{step_no}-", reqs)
     return {
+        "hops": hops,
         "target_rate": rate, "seconds": seconds, "sent": sent, "produce_rate": sent / elapsed,
         "delivered": len(lat), "missing": missing, "statuses": statuses, "drain_s": drain_s,
         "wait_bound_ms": (t_stop - t_last_send) * 1000,
@@ -673,6 +675,44 @@ async def _latency_step(ctx: Ctx, http: Any, sb: Any, w: Any, watch: OffsetWatch
         # worker CPU over sending + drain per delivered alert (an upper bound when some are missing)
         "worker_cpu_ms": 1000 * worker_cpu_s / len(lat) if lat else None,
     }
+
+
+async def hop_breakdown(prefix: str, tag: str, reqs: list[dict]) -> dict[str, tuple[float, float]]:
+    """Where the time goes, per delivered alert, from Kafka record timestamps (CreateTime = when the
+    worker produced it): sent -> normalized record, -> outbox record, -> PagerDuty call. ms p50/p99."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def stamps(topic: str) -> dict[str, float]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+        await c.start()
+        out: dict[str, float] = {}
+        try:
+            ends = await c.end_offsets(list(c.assignment()))
+            while any(await c.position(tp) < end for tp, end in ends.items()):
+                for msgs in (await c.getmany(timeout_ms=1000, max_records=5000)).values():
+                    for m in msgs:
+                        k = (m.key or b"").decode("utf-8", "replace").split(":", 1)[-1]
+                        if k.startswith(tag):
+                            out.setdefault(k, m.timestamp / 1000)
+        finally:
+            await c.stop()
+        return out
+
+    norm, outbox = await stamps(prefix + "alerts.normalized"), await stamps(prefix + "pagerduty.outbox")
+    a, b, c = [], [], []
+    for q in reqs:
+        try:
+            dk, sent = q["body"]["dedup_key"], float(q["body"]["payload"]["custom_details"]["sent_at"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if dk in norm and dk in outbox:
+            a.append((norm[dk] - sent) * 1000)
+            b.append((outbox[dk] - norm[dk]) * 1000)
+            c.append((q["time"] - outbox[dk]) * 1000)
+    names = ("sent -> normalized (raw fetch + normalize)", "normalized -> outbox (fetch + incidents)",
+             "outbox -> PagerDuty call (fetch + forward)")
+    return {n: (pct(x, 50), pct(x, 99)) for n, x in zip(names, (a, b, c)) if x}
 
 
 # --- 4. HTTP ingress -----------------------------------------------------------------------------------
@@ -1003,6 +1043,9 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
         if lt["series"]:
             w("    latency by send time (second: n, p50 ms, p99 ms): " + "; ".join(
                 f"{s}: {n}, {a:,.0f}, {b:,.0f}" for s, n, a, b in lt["series"]))
+        if lt.get("hops"):
+            w("    per hop, from Kafka record timestamps (p50 / p99 ms): " + "; ".join(
+                f"{k} {a:,.0f} / {b:,.0f}" for k, (a, b) in lt["hops"].items()))
         w(f"    CPU while sending: {lt['cpu']}")
         if lt.get("worker_cpu_ms"):
             w(f"    worker CPU per delivered alert (sending + drain): {lt['worker_cpu_ms']:.2f} ms")
@@ -1136,6 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(shlex.quote(x) for x in ["python", "bench/pipeline.py", *argv])
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     if not stack_up():
         print("Kafka or Redis is not reachable; start them with: scripts/stack.sh start", file=sys.stderr)
         return 2

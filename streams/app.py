@@ -131,6 +131,10 @@ class Pipeline(DeliveryAgents):
             topic_allow_declare=True,
             processing_guarantee="at_least_once",
             producer_acks=-1,
+            # Group states are ~1-2 KB: with the default 16 KB batches the changelog buffer kept filling
+            # ("producer buffer full", 15-36 warnings per 30k alerts, commits taking 3.8 s); with these, 3.
+            producer_max_batch_size=512 * 1024,
+            producer_linger=0.002,
             broker_session_timeout=o.session_timeout_s,
             broker_heartbeat_interval=max(1.0, o.session_timeout_s / 10),
             broker_commit_every=1000,
