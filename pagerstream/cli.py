@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -48,6 +49,7 @@ def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics
            tls_cert: str | None, tls_key: str | None, forwarder: bool, loglevel: str) -> None:
     """Run a Faust worker: pipeline agents, PagerDuty forwarder and the HTTP ingress."""
     s = _settings()
+    os.makedirs(s.datadir, exist_ok=True)  # Faust creates only the last path component
     catalog_path = catalog_path or s.catalog_path or None
     if create_topics:
         asyncio.run(_create_topics(s))

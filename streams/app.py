@@ -64,9 +64,11 @@ class PagerstreamApp(faust.App):
         await super().on_start()
         await self.pipeline.start_side_services()
 
-    async def on_stop(self) -> None:
+    async def on_shutdown(self) -> None:
+        # After the agents stopped: closing the HTTP and Redis clients earlier made in-flight
+        # deliveries fail (and park) on every SIGTERM.
         await self.pipeline.stop_side_services()
-        await super().on_stop()
+        await super().on_shutdown()
 
 
 class Pipeline(DeliveryAgents):
