@@ -110,7 +110,7 @@ class IncidentChangeOut:
 
 @dataclass(frozen=True)
 class Step:
-    state: GroupState | None  # None: delete the group (nothing left to remember)
+    state: GroupState
     outputs: tuple[IncidentChangeOut, ...]
     replayed: bool = False
 

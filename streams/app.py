@@ -14,7 +14,7 @@ import asyncio
 import heapq
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import faust
@@ -54,7 +54,6 @@ class RuntimeOptions:
     enable_forwarder: bool = True
     tls_cert: str | None = None  # serve the ingress over HTTPS (PagerDuty clients insist on https)
     tls_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PagerstreamApp(faust.App):
@@ -336,7 +335,7 @@ class Pipeline(DeliveryAgents):
                 continue
             g = group_from_dict(stored)
             step = expire(g, now)
-            g2 = step.state or g
+            g2 = step.state
             outs.extend(step.outputs)
             if is_forgettable(g2, now):
                 del self.groups[key]
