@@ -75,6 +75,8 @@ class Settings:
     pd_max_inline_retry_seconds: float = 10.0
     allow_private_pd_url: bool = False
     tick_seconds: float = 5.0
+    rate_bucket_seconds: float = 60.0
+    prediction_threshold: float = 0.1
 
     @property
     def events_enqueue_url(self) -> str:
@@ -207,6 +209,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ("PAGERSTREAM_PD_TIMEOUT", "pd_timeout_seconds", float, 0.1, 120),
         ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "pd_max_inline_retry_seconds", float, 0, 600),
         ("PAGERSTREAM_TICK_SECONDS", "tick_seconds", float, 0.1, 3600),
+        ("PAGERSTREAM_RATE_BUCKET_SECONDS", "rate_bucket_seconds", float, 0.1, 86400),
+        ("PAGERSTREAM_PREDICTION_THRESHOLD", "prediction_threshold", float, 0.0, 1.0),
     ):
         v = get(name)
         if v:

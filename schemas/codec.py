@@ -31,6 +31,7 @@ SCHEMA_NAMES = {
     "dead_letter": "dead_letter",
     "service_entry": "service_entry",
     "tick": "tick",
+    "predicted_incident": "predicted_incident",
 }
 
 

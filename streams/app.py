@@ -38,6 +38,7 @@ from pagerstream.streams.delivery_agents import DeliveryAgents
 from pagerstream.streams.forwarder import Forwarder, RateLimiter
 from pagerstream.streams.ingress import Ingress
 from pagerstream.streams.metrics import Metrics
+from pagerstream.streams.rate_agents import RateAgents
 from pagerstream.streams.topics import topic_specs
 
 log = logging.getLogger("pagerstream")
@@ -70,13 +71,13 @@ class PagerstreamApp(faust.App):
         await super().on_shutdown()
 
 
-class Pipeline(DeliveryAgents):
+class Pipeline(DeliveryAgents, RateAgents):
     def __init__(self, settings: Settings, opts: RuntimeOptions | None = None) -> None:
         self.settings = settings
         self.opts = opts or RuntimeOptions()
         self.metrics = Metrics()
         self.codecs = {n: AvroCodec(n) for n in ("raw_alert", "alert", "incident_event", "pagerduty_event",
-                                                 "dead_letter", "tick")}
+                                                 "dead_letter", "tick", "predicted_incident")}
         self.fp_tick = registry().fingerprints["tick"]
         self.default_routing_key = settings.pagerduty_routing_key.get()
         names = {k: v.name for k, v in topic_specs(settings.topic_prefix).items()}
@@ -166,9 +167,12 @@ class Pipeline(DeliveryAgents):
         self.retry_topic = topic(n["pagerduty.retry"])
         self.alert_dlq = topic(n["alerts.dead-letter"])
         self.pd_dlq = topic(n["pagerduty.dead-letter"])
+        self.rates_topic = topic(n["alerts.rates"])
+        self.predicted_topic = topic(n["incidents.predicted"])
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
         self.groups = app.Table("groups", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
+        self.rates = app.Table("rates", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
         self.aliases = app.Table("aliases", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
         self.delivered = app.Table("pd-delivered", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
         self.parked = app.Table("pd-parked", default=None, key_type=bytes, partitions=s.partitions,
@@ -176,6 +180,7 @@ class Pipeline(DeliveryAgents):
 
         app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
         app.agent(self.normalized_topic, name="incidents", concurrency=1)(self._agent_incidents)
+        app.agent(self.rates_topic, name="rates", concurrency=1)(self._agent_rates)
         if o.enable_forwarder:
             # One actor per partition: partitions deliver concurrently, each strictly in order.
             app.agent(self.outbox_topic, name="forward", isolated_partitions=True)(self._agent_forward)
@@ -279,6 +284,9 @@ class Pipeline(DeliveryAgents):
         self.metrics.records.labels("incident", step.outputs[0].change if step.outputs else "replay").inc()
         if step.outputs:
             await self._emit(step.outputs)
+        if not step.replayed and a.action == "trigger" and a.service:
+            # the per-service rate series (streams/rate_agents.py), repartitioned by service
+            await self.rates_topic.send(key=a.service.encode(), value=b'{"t":%d}' % a.received_at)
 
     def _identity(self, a: Alert) -> Alert:
         """Give acknowledge/resolve events the identity their trigger was enriched with.
@@ -360,6 +368,8 @@ class Pipeline(DeliveryAgents):
                 await self.normalized_topic.send(
                     key=b"__tick__", value=self.codecs["tick"].encode({"partition": tp.partition, "now": now}),
                     partition=tp.partition)
+            elif tp.topic == self.topic_names["alerts.rates"]:
+                await self.rates_topic.send(key=b"__tick__", value=b'{"tick":%d}' % now, partition=tp.partition)
 
     async def _emit(self, outs: tuple[IncidentChangeOut, ...]) -> None:
         for o in outs:

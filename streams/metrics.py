@@ -50,6 +50,13 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.ingress = Counter("pagerstream_ingress_requests", "HTTP ingress requests", ["source", "status"],
                                registry=r)
+        self.model_score = Histogram("pagerstream_model_score", "Scores produced by the online models",
+                                     ["model"], buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0),
+                                     registry=r)
+        self.model_latency = Histogram("pagerstream_model_latency_seconds", "Time per model update/prediction",
+                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("pagerstream_predicted_incidents", "Predicted incidents published",
+                                   registry=r)
         self.catalog_services = Gauge("pagerstream_catalog_services", "Services in the loaded catalog",
                                       registry=r)
 

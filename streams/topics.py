@@ -47,6 +47,9 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
         TopicSpec(f"{p}pagerduty.retry", 0, 7 * DAY_MS, doc="PagerDutyEvent: calls waiting for PagerDuty"),
         TopicSpec(f"{p}pagerduty.dead-letter", 0, 30 * DAY_MS, doc="DeadLetter: calls PagerDuty refused for good"),
         TopicSpec(f"{p}alerts.dead-letter", 0, 30 * DAY_MS, doc="DeadLetter: records a stage could not process"),
+        TopicSpec(f"{p}alerts.rates", 0, 1 * DAY_MS, doc="internal: trigger times keyed by service (rate series)"),
+        TopicSpec(f"{p}incidents.predicted", 0, 30 * DAY_MS,
+                  doc="PredictedIncident: a service's alert rate looks anomalous"),
         # Compacted and single-partition: every worker reads all of it; -1 keeps the latest per service forever.
         TopicSpec(f"{p}pagerstream.catalog", 1, -1, compact=True, doc="ServiceEntry: the services catalog"),
     ]

@@ -173,6 +173,8 @@ BAD = [
     ("PAGERSTREAM_PD_TIMEOUT", "121", "number between 0.1 and 120"),
     ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "-1", "number between 0 and 600"),
     ("PAGERSTREAM_TICK_SECONDS", "0", "number between 0.1 and 3600"),
+    ("PAGERSTREAM_RATE_BUCKET_SECONDS", "0", "number between 0.1 and 86400"),
+    ("PAGERSTREAM_PREDICTION_THRESHOLD", "2", "number between 0.0 and 1.0"),
     ("PAGERSTREAM_PD_INLINE_RETRY_SECONDS", "inf", "number between 0 and 600"),
     ("PAGERSTREAM_APP_ID", "my app", "letters, digits, '.', '_' or '-'"),
     ("PAGERSTREAM_APP_ID", "a" * 101, "letters, digits"),

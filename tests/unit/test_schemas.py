@@ -157,6 +157,20 @@ RECORDS: dict[str, dict[str, Any]] = {
         "published_at": T0,
     },
     "tick": {"partition": 7, "now": T0},
+    "predicted_incident": {
+        "event_id": "checkout#1700000040000",
+        "service": "checkout",
+        "team": "payments",
+        "tier": "1",
+        "bucket_start": T0,
+        "bucket_ms": 60_000,
+        "count": 60,
+        "score": 0.66,
+        "threshold": 0.1,
+        "reason_json": '{"component": "value", "expected": [2.0, 3.0]}',
+        "model_version": "rate-anomaly/1",
+        "at": T0,
+    },
 }
 
 
