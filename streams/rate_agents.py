@@ -70,7 +70,7 @@ class RateAgents:
             self.rates[key] = {"w": window.to_dict(), "d": det.to_state(), "p": self._current_partition()}
 
     async def _publish_prediction(self, service: str, start: int, count: int, score: Any) -> None:
-        spec = self._specs.get(service) if hasattr(self, "_specs") else None
+        spec = next((x for x in self.catalog.current.services if x.name == service), None)
         rec = {
             "event_id": f"{service}#{start}", "service": service,
             "team": getattr(spec, "team", None), "tier": None if spec is None or spec.tier is None else str(spec.tier),
