@@ -331,3 +331,8 @@ def pd_sandbox(host: str, port: int, spec: str | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+from pagerstream.cli_pagerduty import pagerduty as _pagerduty_group  # noqa: E402
+
+main.add_command(_pagerduty_group)

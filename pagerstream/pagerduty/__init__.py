@@ -1,0 +1,1 @@
+"""PagerDuty beyond the Events API: REST client, webhooks v3, on-call schedules."""
