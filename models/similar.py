@@ -194,6 +194,32 @@ class IncidentIndex:
         self._total_len += length
         self._n_alive += 1
 
+    def remove(self, doc_id: str) -> bool:
+        """Forget a document (tombstoned; `compact` reclaims the space)."""
+        i = self._by_id.pop(doc_id, None)
+        if i is None:
+            return False
+        self._alive[i] = 0
+        self._total_len -= self._dl[i]
+        self._n_alive -= 1
+        return True
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._ids) - self._n_alive
+
+    def compact(self) -> None:
+        """Rebuild from the live documents, in their order: bounded memory for a sliding index."""
+        live = [self._docs[i] for i in range(len(self._ids)) if self._alive[i] and self._by_id.get(self._ids[i]) == i]
+        fresh = IncidentIndex(self.field_weights, self.k1, self.b, self.bigrams, self.rerank, self.ngram_weight)
+        for doc_id, text, fields in live:
+            fresh.add(doc_id, text, fields)
+        self.__dict__.update(fresh.__dict__)
+
+    def fields(self, doc_id: str) -> dict[str, Any]:
+        i = self._by_id.get(doc_id)
+        return dict(self._docs[i][2]) if i is not None else {}
+
     # ---- scoring ------------------------------------------------------------------------------
     def _bm25(self, q_terms: Counter) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         n_docs = len(self._ids)

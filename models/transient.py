@@ -219,6 +219,20 @@ class TransientModel:
         st.pending.pop(float(start_ts), None)
         self._pool.append(duration)
 
+    @classmethod
+    def for_type(cls, alert_type: str, durations: list[float], pool: list[float], seen: int = 0,
+                 **params: Any) -> TransientModel:
+        """A model holding one type's history and the fleet pool, as the stream keeps them: one
+        small table entry per type instead of one big state (processors/intel.py)."""
+        m = cls(**params)
+        m._pool.extend(float(x) for x in pool[-m.pool_history :])
+        st = m._state(alert_type)
+        for d in durations[-m.history :]:
+            st.durations.append(float(d))
+            st.median.update(float(d))
+        st.seen = max(int(seen), len(st.durations))
+        return m
+
     # -- persistence -------------------------------------------------------------------------
 
     def params(self) -> dict[str, Any]:

@@ -8,3 +8,148 @@ import click
 @click.group()
 def pagerduty() -> None:
     """PagerDuty REST API: webhooks subscriptions, on-call, account as code."""
+
+
+# --- REST API v2: webhook subscriptions and who is on call (pagerstream/pagerduty/rest.py) -----------------
+# Settings come from the environment via RestSettings.from_env(): PAGERDUTY_API_KEY or PAGERDUTY_USER_TOKEN,
+# PAGERDUTY_REGION (us|eu) or PAGERDUTY_API_URL (SSRF-guarded), PAGERDUTY_FROM_EMAIL.
+
+# The incident events of the webhook-subscription example in PagerDuty's REST OpenAPI spec.
+DEFAULT_WEBHOOK_EVENTS = (
+    "incident.acknowledged", "incident.annotated", "incident.delegated", "incident.escalated",
+    "incident.priority_updated", "incident.reassigned", "incident.reopened", "incident.resolved",
+    "incident.responder.added", "incident.responder.replied", "incident.triggered", "incident.unacknowledged",
+)
+
+
+def _rest_call(fn):  # type: ignore[no-untyped-def]
+    """Run `await fn(client)` with a REST client built from the environment; exit 2 on bad settings,
+    1 on PagerDuty errors (whose messages never contain the token)."""
+    import asyncio
+    import sys
+
+    from pagerstream.config import ConfigError
+    from pagerstream.pagerduty.rest import PagerDutyError, PagerDutyREST, RestSettings
+
+    try:
+        settings = RestSettings.from_env()
+    except ConfigError as e:
+        click.echo("pagerstream: configuration error:", err=True)
+        for var, why in e.problems:
+            click.echo(f"  {var}: {why}", err=True)
+        sys.exit(2)
+    if not settings.has_credentials:
+        click.echo("pagerstream: set PAGERDUTY_API_KEY (or PAGERDUTY_USER_TOKEN) to use the REST API", err=True)
+        sys.exit(2)
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with PagerDutyREST.from_settings(settings) as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(main())
+    except PagerDutyError as e:
+        click.echo(f"pagerstream: {e}", err=True)
+        sys.exit(1)
+
+
+@pagerduty.group()
+def webhooks() -> None:
+    """V3 webhook subscriptions (create, list, delete)."""
+
+
+@webhooks.command("create")
+@click.option("--url", required=True, help="Where PagerDuty delivers the webhooks (http(s)://...)")
+@click.option("--type", "filter_type", required=True, type=click.Choice(["account", "service", "team"]),
+              help="Scope of the subscription")
+@click.option("--filter-id", default=None, help="Service or team id (required for --type service|team)")
+@click.option("--events", default=",".join(DEFAULT_WEBHOOK_EVENTS), show_default=True,
+              help="Comma-separated event types")
+@click.option("--description", default="pagerstream", show_default=True)
+def webhooks_create(url: str, filter_type: str, filter_id: str | None, events: str, description: str) -> None:
+    """Create a subscription; prints its id and, once, its signing secret."""
+    import re
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise click.BadParameter("expected an http(s) URL with a host", param_hint="--url")
+    if filter_type == "account" and filter_id:
+        raise click.BadParameter("an account subscription takes no --filter-id", param_hint="--filter-id")
+    if filter_type != "account" and not filter_id:
+        raise click.BadParameter(f"--type {filter_type} needs --filter-id", param_hint="--filter-id")
+    evs = [e.strip() for e in events.split(",") if e.strip()]
+    bad = [e for e in evs if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", e)]
+    if not evs or bad:
+        raise click.BadParameter(f"expected event types like incident.triggered; bad: {', '.join(bad) or '(none)'}",
+                                 param_hint="--events")
+
+    async def create(client):  # type: ignore[no-untyped-def]
+        return await client.create_webhook_subscription(url, filter_type=filter_type, filter_id=filter_id,
+                                                        events=evs, description=description)
+
+    created = _rest_call(create)
+    scope = "account" if filter_type == "account" else f"{filter_type} {filter_id}"
+    click.echo(f"Created webhook subscription {created.id} ({scope}, {len(evs)} event types) -> {url}")
+    if created.secret:
+        click.echo("Signing secret (shown only this once; store it now, e.g. in PAGERDUTY_WEBHOOK_SECRETS as "
+                   f"name=secret):\n{created.secret.get()}")
+    else:
+        click.echo("PagerDuty returned no signing secret; delete and re-create the subscription to get one.",
+                   err=True)
+
+
+@webhooks.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the subscriptions as JSON")
+def webhooks_list(as_json: bool) -> None:
+    """List webhook subscriptions."""
+    import json
+
+    subs = _rest_call(lambda client: client.list_webhook_subscriptions())
+    if as_json:
+        click.echo(json.dumps(subs, indent=2))
+        return
+    if not subs:
+        click.echo("No webhook subscriptions.")
+        return
+    click.echo(f"{'ID':<10} {'ACTIVE':<6} {'FILTER':<28} {'EVENTS':>6}  URL")
+    for s in subs:
+        flt = s.get("filter") or {}
+        scope = str(flt.get("type", "")).replace("_reference", "") + (f" {flt['id']}" if flt.get("id") else "")
+        click.echo(f"{s.get('id', ''):<10} {'yes' if s.get('active', True) else 'no':<6} {scope:<28} "
+                   f"{len(s.get('events') or []):>6}  {(s.get('delivery_method') or {}).get('url', '')}")
+
+
+@webhooks.command("delete")
+@click.argument("subscription_id")
+def webhooks_delete(subscription_id: str) -> None:
+    """Delete a webhook subscription."""
+    _rest_call(lambda client: client.delete_webhook_subscription(subscription_id))
+    click.echo(f"Deleted webhook subscription {subscription_id}")
+
+
+@pagerduty.command("oncalls")
+@click.option("--escalation-policy", "policies", multiple=True, help="Only this escalation policy (repeatable)")
+@click.option("--schedule", "schedules", multiple=True, help="Only this schedule (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="Print the on-call entries as JSON")
+def oncalls(policies: tuple[str, ...], schedules: tuple[str, ...], as_json: bool) -> None:
+    """Who is on call now, per escalation policy and level."""
+    import json
+
+    entries = _rest_call(lambda client: client.list_oncalls(escalation_policy_ids=list(policies) or None,
+                                                            schedule_ids=list(schedules) or None))
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("Nobody is on call for that selection.")
+        return
+
+    def name(ref):  # type: ignore[no-untyped-def]
+        return (ref or {}).get("summary") or (ref or {}).get("id") or "-"
+
+    rows = sorted(entries, key=lambda e: (name(e.get("escalation_policy")), e.get("escalation_level") or 0))
+    click.echo(f"{'ESCALATION POLICY':<32} {'LEVEL':>5}  {'ON CALL':<24} {'SCHEDULE':<28} UNTIL")
+    for e in rows:
+        click.echo(f"{name(e.get('escalation_policy'))[:32]:<32} {e.get('escalation_level') or '-':>5}  "
+                   f"{name(e.get('user'))[:24]:<24} {name(e.get('schedule'))[:28]:<28} {e.get('end') or 'permanent'}")

@@ -77,6 +77,26 @@ class Settings:
     tick_seconds: float = 5.0
     rate_bucket_seconds: float = 60.0
     prediction_threshold: float = 0.1
+    # Predictions scoring at least this (on the detector's scale) also send PagerDuty a warning-level
+    # trigger when prediction_page is on; see prediction_page_score() for how ML_PREDICTION_THRESHOLD maps.
+    prediction_page: bool = False
+    transient_pause: bool = True
+    transient_pause_seconds: float = 300.0
+    transient_p_pause: float = 0.8
+    transient_min_episodes: int = 3
+    # PagerDuty V3 webhook subscriptions we receive: (name in the URL, its signing secrets), sorted by name.
+    pagerduty_webhook_secrets: tuple[tuple[str, tuple[Secret, ...]], ...] = ()
+
+    def prediction_page_score(self) -> float:
+        """ML_PREDICTION_THRESHOLD (0..1, default 0.8) on the rate detector's scale.
+
+        The detector's score is the rise of its anomaly likelihood over the last 20 points; on NAB
+        its optimal thresholds were 0.04 to 0.10 and scores above 0.5 are rare. So the operator's
+        0..1 knob is mapped linearly onto [prediction_threshold, 0.5]: 0 pages at every published
+        prediction, 1 only at the strongest rises, the default 0.8 at 0.1 + 0.8 * 0.4 = 0.42.
+        """
+        lo = self.prediction_threshold
+        return lo + self.ml_prediction_threshold * max(0.0, 0.5 - lo)
 
     @property
     def events_enqueue_url(self) -> str:
@@ -86,9 +106,41 @@ class Settings:
     def events_change_url(self) -> str:
         return self.pagerduty_events_url.rstrip("/") + "/v2/change/enqueue"
 
+    def webhook_secrets(self, subscription: str) -> tuple[Secret, ...] | None:
+        """The signing secrets of one PagerDuty webhook subscription; None when it is not configured."""
+        for name, secrets in self.pagerduty_webhook_secrets:
+            if name == subscription:
+                return secrets
+        return None
+
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 _ROUTING_KEY = re.compile(r"^[A-Za-z0-9]{32}$")
+_SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_WEBHOOK_SECRETS_FORMAT = ("expected name=secret[|secret...][,name=secret...] with names of 1-64 characters "
+                           "[A-Za-z0-9._-] and secrets of 32+ characters without spaces, ',' or '|'")
+
+
+def _webhook_secrets(value: str) -> tuple[tuple[tuple[str, tuple[Secret, ...]], ...], str | None]:
+    """Parse `name=secret1|secret2,name2=secret3`. A problem names the entry by position only: a
+    mistyped entry may be a secret (or part of one), so no text from the value is repeated."""
+    out: dict[str, tuple[Secret, ...]] = {}
+    for i, entry in enumerate((e.strip() for e in value.split(",")), start=1):
+        if not entry:
+            continue
+        name, sep, rest = entry.partition("=")
+        name = name.strip()
+        if not sep or not _SUBSCRIPTION_NAME.match(name):
+            return (), f"{_WEBHOOK_SECRETS_FORMAT} (entry {i} has no valid 'name=')"
+        if name in out:
+            return (), f"{_WEBHOOK_SECRETS_FORMAT} (entry {i} repeats a name)"
+        secrets = [s.strip() for s in rest.split("|")]
+        if not secrets or any(len(s) < 32 or any(c.isspace() for c in s) for s in secrets):
+            return (), f"{_WEBHOOK_SECRETS_FORMAT} (entry {i}: a secret is too short or has spaces)"
+        out[name] = tuple(Secret(s) for s in dict.fromkeys(secrets))
+    if not out:
+        return (), f"{_WEBHOOK_SECRETS_FORMAT} (no subscription given)"
+    return tuple(sorted(out.items())), None
 
 
 def _bool(v: str) -> bool | None:
@@ -151,6 +203,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         else:
             kw["pagerduty_user_token"] = Secret(v)
 
+    for name, attr in (("PAGERSTREAM_PREDICTION_PAGE", "prediction_page"),
+                       ("PAGERSTREAM_TRANSIENT_PAUSE", "transient_pause")):
+        if (v := get(name)) is not None and v != "":
+            b = _bool(v)
+            if b is None:
+                problems.append((name, "expected true or false"))
+            else:
+                kw[attr] = b
     allow_private = _bool(get("PAGERSTREAM_ALLOW_PRIVATE_PD_URL") or "")
     if allow_private is None:
         problems.append(("PAGERSTREAM_ALLOW_PRIVATE_PD_URL", "expected true or false"))
@@ -186,13 +246,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             problems.append(("ML_PREDICTION_THRESHOLD", "expected a number between 0 and 1"))
     v = get("ENCRYPTION_KEY")
     if v:
-        try:
-            raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
-            if len(raw) != 32:
-                raise ValueError
+        try:  # comma-separated for rotation: the first key encrypts, all of them decrypt
+            for part in v.split(","):
+                raw = base64.urlsafe_b64decode(part.strip() + "=" * (-len(part.strip()) % 4))
+                if len(raw) != 32:
+                    raise ValueError
             kw["encryption_key"] = Secret(v)
         except (ValueError, TypeError):
-            problems.append(("ENCRYPTION_KEY", "expected 32 bytes in url-safe base64 (a Fernet key)"))
+            problems.append(("ENCRYPTION_KEY", "expected 32 bytes in url-safe base64 (a Fernet key), "
+                                               "or several separated by commas (newest first)"))
+    v = get("PAGERDUTY_WEBHOOK_SECRETS")
+    if v:
+        hooks, why = _webhook_secrets(v)
+        if why:
+            problems.append(("PAGERDUTY_WEBHOOK_SECRETS", why))
+        else:
+            kw["pagerduty_webhook_secrets"] = hooks
     for name, attr in (("WEBHOOK_SECRET", "webhook_secret"), ("JWT_SECRET", "jwt_secret")):
         v = get(name)
         if v:
@@ -211,6 +280,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ("PAGERSTREAM_TICK_SECONDS", "tick_seconds", float, 0.1, 3600),
         ("PAGERSTREAM_RATE_BUCKET_SECONDS", "rate_bucket_seconds", float, 0.1, 86400),
         ("PAGERSTREAM_PREDICTION_THRESHOLD", "prediction_threshold", float, 0.0, 1.0),
+        ("PAGERSTREAM_TRANSIENT_PAUSE_SECONDS", "transient_pause_seconds", float, 1.0, 86400),
+        ("PAGERSTREAM_TRANSIENT_P_PAUSE", "transient_p_pause", float, 0.5, 1.0),
+        ("PAGERSTREAM_TRANSIENT_MIN_EPISODES", "transient_min_episodes", int, 1, 1000),
     ):
         v = get(name)
         if v:

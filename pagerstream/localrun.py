@@ -110,6 +110,19 @@ class Worker:
         return httpx.get(self.url + "/metrics", timeout=5).text
 
 
+_DEV_KEY: str | None = None
+
+
+def dev_encryption_key() -> str:
+    """A Fernet key for local runs and tests, made once per process; never for production."""
+    global _DEV_KEY
+    if _DEV_KEY is None:
+        from cryptography.fernet import Fernet
+
+        _DEV_KEY = Fernet.generate_key().decode()
+    return _DEV_KEY
+
+
 def worker_env(*, app_id: str, prefix: str, datadir: Path, events_url: str | None,
                extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
@@ -118,6 +131,8 @@ def worker_env(*, app_id: str, prefix: str, datadir: Path, events_url: str | Non
         "PAGERSTREAM_TOPIC_PREFIX": prefix,
         "PAGERSTREAM_DATADIR": str(datadir),
     })
+    if not env.get("ENCRYPTION_KEY"):  # local runs: one throwaway key per process (model checkpoints)
+        env["ENCRYPTION_KEY"] = dev_encryption_key()
     if events_url:
         env["PAGERDUTY_EVENTS_URL"] = events_url
         env["PAGERSTREAM_ALLOW_PRIVATE_PD_URL"] = "true"

@@ -17,8 +17,9 @@ instead of deciding again, so a lost output is recovered and a duplicate output 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pagerstream.processors.alert import Alert
 
@@ -62,6 +63,16 @@ class Incident:
     tier: str | None = None
     runbook_url: str | None = None
     auto_resolve_ms: int = 0
+    # --- models (processors/intel.py), decided once when the incident opened ---
+    alert_type: str | None = None
+    pd_triggered: bool = True  # False while paused as likely transient: PagerDuty has not seen it
+    paused_until: int | None = None
+    pause: dict[str, Any] | None = None  # schemas TransientPause
+    pending_alert: dict[str, Any] | None = None  # the opening alert's record, kept to page it later
+    scores: tuple[dict[str, Any], ...] = ()
+    similar: tuple[dict[str, Any], ...] = ()
+    recurrence: str | None = None
+    features: dict[str, Any] | None = None  # classifier features of the opening alert (feedback on resolve)
 
     @property
     def is_open(self) -> bool:
@@ -74,6 +85,16 @@ class Incident:
         if not self.is_open or self.auto_resolve_ms <= 0:
             return None
         return self.last_activity_at + self.auto_resolve_ms
+
+    def pause_due(self) -> int | None:
+        """When a paused incident pages if it is still open (and not acknowledged at the source)."""
+        if self.state != "triggered" or self.pd_triggered or self.paused_until is None:
+            return None
+        return self.paused_until
+
+    def next_due(self) -> int | None:
+        dues = [d for d in (self.auto_resolve_due(), self.pause_due()) if d is not None]
+        return min(dues) if dues else None
 
 
 @dataclass(frozen=True)
@@ -93,8 +114,24 @@ class GroupState:
     marks: dict[int, int] = field(default_factory=dict)  # alerts.raw partition -> highest offset applied
 
     def next_deadline(self) -> int | None:
-        dues = [d for i in self.incidents.values() if (d := i.auto_resolve_due()) is not None]
+        dues = [d for i in self.incidents.values() if (d := i.next_due()) is not None]
         return min(dues) if dues else None
+
+
+@dataclass(frozen=True)
+class OpenAdvice:
+    """What the models say about an alert that opens an incident (built by processors/intel.py)."""
+
+    alert_type: str | None = None
+    paused_until: int | None = None  # epoch ms: hold PagerDuty back until then; None = page now
+    pause: dict[str, Any] | None = None
+    scores: tuple[dict[str, Any], ...] = ()
+    similar: tuple[dict[str, Any], ...] = ()
+    recurrence: str | None = None
+    features: dict[str, Any] | None = None
+
+
+Advisor = Callable[[Alert], OpenAdvice]
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,8 @@ class IncidentChangeOut:
     reason: str
     alert: Alert | None
     pd_action: str | None  # trigger | acknowledge | resolve | None
+    detail: str | None = None  # IncidentEvent.change_detail
+    at: int | None = None  # when the change happened, if not the alert's received_at (ticks)
 
 
 @dataclass(frozen=True)
@@ -119,7 +158,8 @@ def short_hash(s: str, n: int = 12) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:n]
 
 
-def _new_incident(g: GroupState, a: Alert, grouping: Grouping) -> tuple[GroupState, Incident]:
+def _new_incident(g: GroupState, a: Alert, grouping: Grouping,
+                  advice: OpenAdvice | None = None) -> tuple[GroupState, Incident]:
     n = g.counter + 1
     iid = f"{short_hash(g.group_key, 16)}-{n}"
     pd_key = a.dedup_key if grouping.mode == "none" else f"pagerstream-{iid}"
@@ -129,6 +169,12 @@ def _new_incident(g: GroupState, a: Alert, grouping: Grouping) -> tuple[GroupSta
         last_activity_at=a.received_at, members={a.dedup_key: "open"}, service=a.service, team=a.team,
         tier=a.tier, runbook_url=a.runbook_url, auto_resolve_ms=grouping.auto_resolve_ms,
     )
+    if advice is not None:
+        paused = advice.paused_until is not None and advice.paused_until > a.received_at
+        inc = replace(inc, alert_type=advice.alert_type, pause=advice.pause, scores=tuple(advice.scores),
+                      similar=tuple(advice.similar), recurrence=advice.recurrence, features=advice.features,
+                      pd_triggered=not paused, paused_until=advice.paused_until if paused else None,
+                      pending_alert=a.to_record() if paused else None)
     return replace(g, counter=n, current=iid), inc
 
 
@@ -162,13 +208,17 @@ def _prune(g: GroupState, now: int) -> GroupState:
     return replace(g, incidents=keep)
 
 
-def decide(g: GroupState | None, a: Alert, grouping: Grouping) -> Step:
+def decide(g: GroupState | None, a: Alert, grouping: Grouping, advise: Advisor | None = None) -> Step:
     """Apply one alert to its group. `a.received_at` is the clock (replays decide the same).
 
     A replay is recognised by alert id (the last APPLIED_MEMORY decisions are kept and re-emitted
     as they were, same incident versions, so the same PagerDuty sequence numbers) or by its
     alerts.raw position (alerts of one raw partition reach a group in offset order); a replay older
     than the memory emits nothing: its outputs were published long before.
+
+    `advise` is consulted only when the alert opens an incident (models cost more than the rest of
+    the decision): it may pause the PagerDuty trigger of a likely-transient alert and attaches the
+    model scores, similar past incidents and recurrence to the incident.
     """
     g = g or GroupState(group_key=a.group_key)
     for rec in g.applied:
@@ -178,7 +228,7 @@ def decide(g: GroupState | None, a: Alert, grouping: Grouping) -> Step:
         return Step(g, (), replayed=True)
     now = a.received_at
     if a.action == "trigger":
-        g2, outs = _trigger(g, a, grouping, now)
+        g2, outs = _trigger(g, a, grouping, now, advise)
     elif a.action == "acknowledge":
         g2, outs = _acknowledge(g, a, now)
     elif a.action == "resolve":
@@ -214,7 +264,8 @@ def _change_for(pd_action: str) -> Change:
     return {"trigger": "opened", "acknowledge": "acknowledged", "resolve": "resolved"}[pd_action]  # type: ignore
 
 
-def _trigger(g: GroupState, a: Alert, grouping: Grouping, now: int) -> tuple[GroupState, list[IncidentChangeOut]]:
+def _trigger(g: GroupState, a: Alert, grouping: Grouping, now: int,
+             advise: Advisor | None = None) -> tuple[GroupState, list[IncidentChangeOut]]:
     iid = g.members.get(a.dedup_key)
     if iid is not None and g.incidents[iid].is_open:
         inc = g.incidents[iid]
@@ -235,7 +286,7 @@ def _trigger(g: GroupState, a: Alert, grouping: Grouping, now: int) -> tuple[Gro
         why = f"grouped into open incident {inc.incident_id} ({grouping.mode}"
         why += f", within {grouping.window_ms // 1000}s)" if grouping.window_ms else ")"
         return _put(g, inc, gm), [IncidentChangeOut(inc, "alert_added", why, a, None)]
-    g2, inc = _new_incident(g, a, grouping)
+    g2, inc = _new_incident(g, a, grouping, advise(a) if advise is not None else None)
     gm = dict(g2.members)
     gm[a.dedup_key] = inc.incident_id
     prev = g.incidents.get(g.current) if g.current else None
@@ -245,6 +296,9 @@ def _trigger(g: GroupState, a: Alert, grouping: Grouping, now: int) -> tuple[Gro
         why = f"new incident: open incident {prev.incident_id} last triggered more than the grouping window ago"
     else:
         why = "first trigger for this group: new incident"
+    if not inc.pd_triggered:
+        why += "; PagerDuty held back: " + str((inc.pause or {}).get("evidence", "likely transient"))
+        return _put(g2, inc, gm), [IncidentChangeOut(inc, "opened", why, a, None, detail="paused")]
     return _put(g2, inc, gm), [IncidentChangeOut(inc, "opened", why, a, "trigger")]
 
 
@@ -270,6 +324,10 @@ def _acknowledge(g: GroupState, a: Alert, now: int) -> tuple[GroupState, list[In
         inc = _bump(inc, now, members=members)
         return _put(g, inc), [IncidentChangeOut(inc, "duplicate", "incident already acknowledged", a, None)]
     inc = _bump(inc, now, members=members, state="acknowledged", acknowledged_at=now)
+    if not inc.pd_triggered:  # someone is on it at the source: the held-back page is not sent at all
+        inc = replace(inc, pending_alert=None)
+        why = "acknowledged by the source while paused: PagerDuty will not be paged"
+        return _put(g, inc), [IncidentChangeOut(inc, "acknowledged", why, a, None, detail="acknowledged_while_paused")]
     return _put(g, inc), [IncidentChangeOut(inc, "acknowledged", "acknowledged by the source", a, "acknowledge")]
 
 
@@ -287,22 +345,38 @@ def _resolve(g: GroupState, a: Alert, now: int, *, auto: bool) -> tuple[GroupSta
         why = f"alert resolved; {still_open} alert(s) of the incident still open"
         return _put(g, inc, gm), [IncidentChangeOut(inc, "alert_resolved", why, a, None)]
     inc = _bump(inc, now, members=members, state="resolved", resolved_at=now)
+    if not inc.pd_triggered:
+        inc = replace(inc, pending_alert=None)
+        why = "all alerts resolved while the page was held back: transient, PagerDuty never paged"
+        return _put(g, inc, gm), [IncidentChangeOut(inc, "resolved", why, a, None, detail="resolved_while_paused")]
     return _put(g, inc, gm), [IncidentChangeOut(inc, "resolved", "all alerts of the incident resolved", a, "resolve")]
 
 
 def expire(g: GroupState, now: int) -> Step:
-    """Auto-resolve every open incident of the group whose auto-resolve deadline has passed."""
+    """Page paused incidents whose pause is over, auto-resolve those whose deadline has passed."""
     outs: list[IncidentChangeOut] = []
     for iid, inc in list(g.incidents.items()):
+        pdue, adue = inc.pause_due(), inc.auto_resolve_due()
+        if pdue is not None and pdue <= now and not (adue is not None and adue <= pdue):
+            alert = Alert.from_record(inc.pending_alert) if inc.pending_alert else None
+            inc = replace(inc, version=inc.version + 1, pd_triggered=True, pending_alert=None)
+            g = _put(g, inc)
+            why = f"still open when its pause ended ({inc.open_alerts()} alert(s) open): paging PagerDuty now"
+            outs.append(IncidentChangeOut(inc, "opened", why, alert, "trigger", detail="paged_after_pause", at=now))
         due = inc.auto_resolve_due()
         if due is None or due > now:
             continue
         members = {k: "resolved" for k in inc.members}
         gm = {k: v for k, v in g.members.items() if v != iid}
-        inc2 = replace(inc, version=inc.version + 1, state="resolved", resolved_at=now, members=members)
+        inc2 = replace(inc, version=inc.version + 1, state="resolved", resolved_at=now, members=members,
+                       pending_alert=None)
         g = _put(g, inc2, gm)
         why = f"auto-resolved: no activity for {inc.auto_resolve_ms // 1000}s"
-        outs.append(IncidentChangeOut(inc2, "auto_resolved", why, None, "resolve"))
+        if inc.pd_triggered:
+            outs.append(IncidentChangeOut(inc2, "auto_resolved", why, None, "resolve", at=now))
+        else:
+            outs.append(IncidentChangeOut(inc2, "auto_resolved", why + " while paused: PagerDuty never paged",
+                                          None, None, detail="resolved_while_paused", at=now))
     if not outs:
         return Step(g, ())
     return Step(_prune(g, now), tuple(outs))
@@ -329,11 +403,22 @@ def group_to_dict(g: GroupState) -> dict[str, Any]:
 def group_from_dict(d: dict[str, Any]) -> GroupState:
     return GroupState(
         group_key=d["k"], counter=d["n"], current=d["cur"], members=dict(d["m"]),
-        incidents={iid: Incident(**v) for iid, v in d["inc"].items()},
+        incidents={iid: _inc_from_dict(v) for iid, v in d["inc"].items()},
         applied=tuple(Applied(r[0], tuple((o[0], o[1], o[2]) for o in r[1])) for r in d["ap"]),
         marks={int(p): o for p, o in (d.get("mk") or {}).items()},
     )
 
 
 def _inc_to_dict(i: Incident) -> dict[str, Any]:
-    return {f: getattr(i, f) for f in Incident.__dataclass_fields__}
+    d = {f: getattr(i, f) for f in Incident.__dataclass_fields__}
+    for f in ("scores", "similar"):
+        d[f] = list(d[f])
+    return d
+
+
+def _inc_from_dict(v: dict[str, Any]) -> Incident:
+    v = dict(v)
+    for f in ("scores", "similar"):
+        if f in v:
+            v[f] = tuple(v[f] or ())
+    return Incident(**v)

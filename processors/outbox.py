@@ -25,8 +25,10 @@ def incident_event_record(o: IncidentChangeOut) -> dict[str, Any]:
         "summary": inc.summary, "severity": inc.severity, "open_alerts": inc.open_alerts(),
         "total_alerts": inc.total_alerts, "duplicates": inc.duplicates, "opened_at": inc.opened_at,
         "acknowledged_at": inc.acknowledged_at, "resolved_at": inc.resolved_at,
-        "at": o.alert.received_at if o.alert else (inc.resolved_at or inc.last_activity_at),
+        "at": o.at if o.at is not None else (o.alert.received_at if o.alert else (inc.resolved_at or inc.last_activity_at)),
         "pagerduty_action": o.pd_action,
+        "change_detail": o.detail, "alert_type": inc.alert_type, "pause": inc.pause,
+        "scores": list(inc.scores), "similar": list(inc.similar), "recurrence": inc.recurrence,
     }
 
 
@@ -44,9 +46,26 @@ def pagerduty_event_record(o: IncidentChangeOut, seq: int, *, now_ms: int) -> di
         "event_id": f"{inc.incident_id}#{inc.version}", "incident_id": inc.incident_id,
         "stream_key": stream_key(inc.routing_key, inc.pd_dedup_key), "seq": seq, "endpoint": "enqueue",
         "action": o.pd_action, "routing_key": inc.routing_key, "dedup_key": inc.pd_dedup_key,
-        "body_json": pagerduty_body(o), "created_at": o.alert.received_at if o.alert else now_ms,
+        "body_json": pagerduty_body(o),
+        "created_at": o.at if o.at is not None else (o.alert.received_at if o.alert else now_ms),
         "attempt": 0, "not_before": 0, "last_error": None,
     }
+
+
+def model_context(inc: Any) -> dict[str, Any]:
+    """What the models said, for the responder: in the trigger's custom_details, short."""
+    out: dict[str, Any] = {}
+    for sc in inc.scores:
+        name = sc["model"].removeprefix("classify.")
+        out[name] = {"label": sc.get("label") or f"unsure ({sc.get('best')})", "p": round(sc["score"], 2),
+                     "why": sc.get("explanation", "")[:200]}
+    if inc.pause:
+        out["transient"] = inc.pause.get("evidence", "")[:300]
+    if inc.similar:
+        out["similar_incidents"] = [f"{x['incident_id']} ({x['score']:.2f}): {x['summary'][:100]}" for x in inc.similar]
+    if inc.recurrence:
+        out["recurrence"] = inc.recurrence
+    return out
 
 
 def _details(a: Alert) -> dict[str, Any]:
@@ -73,6 +92,7 @@ def pagerduty_body(o: IncidentChangeOut) -> str:
     details["pagerstream"] = {k: v for k, v in {
         "incident_id": inc.incident_id, "service": inc.service, "team": inc.team, "tier": inc.tier,
         "runbook_url": inc.runbook_url, "source": a.source, "reason": o.reason}.items() if v is not None}
+    details["pagerstream"].update(model_context(inc))
     links = _links(a)
     if inc.runbook_url:
         links.append({"href": inc.runbook_url, "text": "Runbook"})

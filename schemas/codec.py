@@ -32,6 +32,8 @@ SCHEMA_NAMES = {
     "service_entry": "service_entry",
     "tick": "tick",
     "predicted_incident": "predicted_incident",
+    "model_feedback": "model_feedback",
+    "pagerduty_webhook": "pagerduty_webhook",
 }
 
 

@@ -12,23 +12,39 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import faust
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from pagerstream.config import Settings
 from pagerstream.processors.alert import Alert
 from pagerstream.processors.enrich import enrich
 from pagerstream.processors.errors import InvalidInput
 from pagerstream.processors.incident import (
-    RESOLVED_RETENTION_MS, GroupState, Grouping, IncidentChangeOut, decide, expire, group_from_dict,
-    group_to_dict, is_forgettable, pagerduty_seq, short_hash,
+    RESOLVED_RETENTION_MS,
+    Grouping,
+    GroupState,
+    IncidentChangeOut,
+    decide,
+    expire,
+    group_from_dict,
+    group_to_dict,
+    is_forgettable,
+    pagerduty_seq,
+    short_hash,
+)
+from pagerstream.processors.intel import (
+    PredictionCache,
+    TransientSettings,
+    TypeEntry,
+    advise,
+    alert_type,
+    learn_resolved,
 )
 from pagerstream.processors.normalize import normalize
 from pagerstream.processors.outbox import change_event_record, incident_event_record, pagerduty_event_record
@@ -37,9 +53,14 @@ from pagerstream.streams.catalog_view import CatalogView
 from pagerstream.streams.delivery_agents import DeliveryAgents
 from pagerstream.streams.forwarder import Forwarder, RateLimiter
 from pagerstream.streams.ingress import Ingress
+from pagerstream.streams.learn_agents import LearnAgents, feedback_problems
 from pagerstream.streams.metrics import Metrics
+from pagerstream.streams.model_hub import ModelHub
 from pagerstream.streams.rate_agents import RateAgents
 from pagerstream.streams.topics import topic_specs
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pagerstream.config import Settings
 
 log = logging.getLogger("pagerstream")
 MAX_EXPIRIES_PER_TICK = 500  # keeps one tick short; the rest waits for the next one
@@ -58,7 +79,7 @@ class RuntimeOptions:
 
 
 class PagerstreamApp(faust.App):
-    pipeline: "Pipeline"
+    pipeline: Pipeline
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -71,18 +92,24 @@ class PagerstreamApp(faust.App):
         await super().on_shutdown()
 
 
-class Pipeline(DeliveryAgents, RateAgents):
+class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
     def __init__(self, settings: Settings, opts: RuntimeOptions | None = None) -> None:
         self.settings = settings
         self.opts = opts or RuntimeOptions()
         self.metrics = Metrics()
         self.codecs = {n: AvroCodec(n) for n in ("raw_alert", "alert", "incident_event", "pagerduty_event",
-                                                 "dead_letter", "tick", "predicted_incident")}
+                                                 "dead_letter", "tick", "predicted_incident", "model_feedback")}
         self.fp_tick = registry().fingerprints["tick"]
         self.default_routing_key = settings.pagerduty_routing_key.get()
         names = {k: v.name for k, v in topic_specs(settings.topic_prefix).items()}
         self.topic_names = names
         self.catalog = CatalogView(settings.kafka_bootstrap_servers, names["pagerstream.catalog"])
+        self.models = ModelHub(settings.kafka_bootstrap_servers, names["models.checkpoints"], names["incidents"],
+                               settings.encryption_key, self.metrics)
+        self.pred_cache = PredictionCache()
+        self.transient_settings = TransientSettings(
+            enabled=settings.transient_pause, pause_s=settings.transient_pause_seconds,
+            p_pause=settings.transient_p_pause, min_episodes=settings.transient_min_episodes)
         self.redis: aioredis.Redis | None = None
         self.forwarder: Forwarder | None = None
         self._deadlines: dict[int, list[tuple[int, str]]] = {}
@@ -100,6 +127,7 @@ class Pipeline(DeliveryAgents, RateAgents):
             logging.getLogger(name).setLevel(max(root, logging.INFO))
         await self.catalog.start()
         self.metrics.catalog_services.set(len(self.catalog.current.services))
+        await self.models.start()
         s = self.settings
         self.redis = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None,
                                        socket_timeout=2, socket_connect_timeout=2)
@@ -110,6 +138,7 @@ class Pipeline(DeliveryAgents, RateAgents):
 
     async def stop_side_services(self) -> None:
         await self.catalog.stop()
+        await self.models.stop()
         if self.forwarder:
             await self.forwarder.close()
         if self.redis is not None:
@@ -158,7 +187,7 @@ class Pipeline(DeliveryAgents, RateAgents):
         )
         app.pipeline = self
         n = self.topic_names
-        topic = lambda name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",  # noqa: E731
+        topic = lambda name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                                        value_serializer="raw", internal=False)
         self.raw_topic = topic(n["alerts.raw"])
         self.normalized_topic = topic(n["alerts.normalized"])
@@ -169,6 +198,9 @@ class Pipeline(DeliveryAgents, RateAgents):
         self.pd_dlq = topic(n["pagerduty.dead-letter"])
         self.rates_topic = topic(n["alerts.rates"])
         self.predicted_topic = topic(n["incidents.predicted"])
+        self.feedback_topic = topic(n["models.feedback"])
+        self.checkpoints_topic = topic(n["models.checkpoints"])
+        self.points_topic = topic(n["metrics.points"])
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
         self.groups = app.Table("groups", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
@@ -177,10 +209,20 @@ class Pipeline(DeliveryAgents, RateAgents):
         self.delivered = app.Table("pd-delivered", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
         self.parked = app.Table("pd-parked", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
+        # per partition: one entry per alert type (episode durations, openings) + b"__fleet__"
+        self.transient = app.Table("transient", default=None, key_type=bytes, partitions=s.partitions,
+                                   options=rocks)
+        self.metric_series = app.Table("metric-series", default=None, key_type=bytes, partitions=s.partitions,
+                                       options=rocks)
+        self.incident_features = app.Table("incident-features", default=None, key_type=bytes, partitions=1,
+                                           options=rocks)
 
         app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
         app.agent(self.normalized_topic, name="incidents", concurrency=1)(self._agent_incidents)
         app.agent(self.rates_topic, name="rates", concurrency=1)(self._agent_rates)
+        app.agent(self.points_topic, name="metric-points", concurrency=1)(self._agent_points)
+        app.agent(self.feedback_topic, name="learn", concurrency=1)(self._agent_learn)
+        app.timer(5.0)(self._checkpoint_timer)
         if o.enable_forwarder:
             # One actor per partition: partitions deliver concurrently, each strictly in order.
             app.agent(self.outbox_topic, name="forward", isolated_partitions=True)(self._agent_forward)
@@ -189,6 +231,7 @@ class Pipeline(DeliveryAgents, RateAgents):
 
         router = app.web.web_app.router
         Ingress(self).install(router)
+        router.add_post("/api/v1/feedback", self._view_feedback)
         router.add_get("/metrics", self._view_metrics)
         router.add_get("/healthz", self._view_healthz)
         router.add_get("/readyz", self._view_readyz)
@@ -273,7 +316,7 @@ class Pipeline(DeliveryAgents, RateAgents):
         key = a.group_key.encode()
         stored = self.groups.get(key)
         state = group_from_dict(stored) if stored else None
-        step = decide(state, a, self._grouping_for(a))
+        step = decide(state, a, self._grouping_for(a), self._advise)
         if not step.replayed:
             d = group_to_dict(step.state)
             d["p"] = msg.partition
@@ -283,10 +326,47 @@ class Pipeline(DeliveryAgents, RateAgents):
                 heapq.heappush(self._deadlines.setdefault(msg.partition, []), (due, a.group_key))
         self.metrics.records.labels("incident", step.outputs[0].change if step.outputs else "replay").inc()
         if step.outputs:
+            if not step.replayed:
+                self._learn_transient(step.outputs)
             await self._emit(step.outputs)
         if not step.replayed and a.action == "trigger" and a.service:
             # the per-service rate series (streams/rate_agents.py), repartitioned by service
             await self.rates_topic.send(key=a.service.encode(), value=b'{"t":%d}' % a.received_at)
+
+    def _advise(self, a: Alert) -> Any:
+        """Models for an alert that opens an incident (processors/intel.py); state in `transient`."""
+        t0 = time.perf_counter()
+        tkey = b"t:" + alert_type(a).encode()
+        fleet = self.transient.get(b"__fleet__") or {}
+        adv, entry = advise(a, TypeEntry.from_dict(self.transient.get(tkey)), list(fleet.get("pool") or []),
+                            self.transient_settings, classifier=self.models.classifier, cache=self.pred_cache,
+                            index=self.models.index)
+        self.transient[tkey] = entry.to_dict()
+        m = self.metrics
+        m.model_latency.labels("advise").observe(time.perf_counter() - t0)
+        for sc in adv.scores:
+            m.model_score.labels(sc["model"]).observe(sc["score"])
+            outcome = sc["label"] if sc["model"] == "transient" else ("abstained" if sc["abstained"] else "labelled")
+            m.model_decisions.labels(sc["model"], outcome).inc()
+        m.classify_cache.labels("hit").inc(self.pred_cache.hits - getattr(self, "_cache_hits_seen", 0))
+        m.classify_cache.labels("miss").inc(self.pred_cache.misses - getattr(self, "_cache_misses_seen", 0))
+        self._cache_hits_seen, self._cache_misses_seen = self.pred_cache.hits, self.pred_cache.misses
+        return adv
+
+    def _learn_transient(self, outs: tuple[IncidentChangeOut, ...]) -> None:
+        """A source-resolved incident teaches the transient model its type's duration."""
+        for o in outs:
+            inc = o.incident
+            if o.detail in ("paged_after_pause", "resolved_while_paused"):
+                self.metrics.model_decisions.labels("transient", o.detail).inc()
+            if o.change != "resolved" or not inc.alert_type:
+                continue
+            tkey = b"t:" + inc.alert_type.encode()
+            fleet = self.transient.get(b"__fleet__") or {}
+            entry, pool = learn_resolved(inc, TypeEntry.from_dict(self.transient.get(tkey)),
+                                         list(fleet.get("pool") or []))
+            self.transient[tkey] = entry.to_dict()
+            self.transient[b"__fleet__"] = {"pool": pool}
 
     def _identity(self, a: Alert) -> Alert:
         """Give acknowledge/resolve events the identity their trigger was enriched with.
@@ -381,6 +461,10 @@ class Pipeline(DeliveryAgents, RateAgents):
             if ev is not None:
                 await self.outbox_topic.send(key=ev["stream_key"].encode(),
                                              value=self.codecs["pagerduty_event"].encode(ev))
+            fb = _feedback_for(o)
+            if fb is not None:
+                await self.feedback_topic.send(key=fb["incident_id"].encode(),
+                                               value=self.codecs["model_feedback"].encode(fb))
 
     async def _emit_change(self, a: Alert, seq: int) -> None:
         ev = change_event_record(a, seq)
@@ -400,6 +484,29 @@ class Pipeline(DeliveryAgents, RateAgents):
         self.metrics.records.labels(stage, "dead_letter").inc()
 
     # --- web ----------------------------------------------------------------------------------------
+    async def _view_feedback(self, request: web.Request) -> web.Response:
+        """A person corrects an incident's category/severity: produced to models.feedback (202)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"status": "invalid", "errors": ["body is not JSON"]}, status=400)
+        problems = feedback_problems(body)
+        if problems:
+            return web.json_response({"status": "invalid", "errors": problems}, status=400)
+        now = int(time.time() * 1000)
+        iid = body.get("incident_id")
+        fid = f"human:{iid or 'features'}:{now}:{short_hash(json.dumps(body, sort_keys=True, default=str), 8)}"
+        rec = {"feedback_id": fid, "kind": "human", "incident_id": iid,
+               "features_json": json.dumps(body["features"]) if isinstance(body.get("features"), dict) else None,
+               "category": body.get("category"), "severity": body.get("severity"), "by": body.get("by"), "at": now}
+        try:
+            await asyncio.wait_for(self.produce_feedback(rec), timeout=15)
+        except Exception as e:  # noqa: BLE001 - Kafka unavailable: tell the client to retry
+            log.warning("feedback not produced: %s", type(e).__name__)
+            return web.json_response({"status": "unavailable", "errors": ["could not write to Kafka"]},
+                                     status=503, headers={"Retry-After": "5"})
+        return web.json_response({"status": "accepted", "feedback_id": fid}, status=202)
+
     async def _view_metrics(self, request: web.Request) -> web.Response:
         self.metrics.catalog_services.set(len(self.catalog.current.services))
         return web.Response(body=generate_latest(self.metrics.registry),
@@ -433,6 +540,22 @@ class Pipeline(DeliveryAgents, RateAgents):
         return out
 
 
+def _feedback_for(o: IncidentChangeOut) -> dict[str, Any] | None:
+    """What the learner hears from the incident stage: features at open, the labels at resolve."""
+    inc = o.incident
+    if inc.features is None or not inc.incident_id:
+        return None
+    if o.change == "opened" and o.detail != "paged_after_pause":
+        kind, sev = "opened", None
+    elif o.change == "resolved":
+        kind, sev = "resolved", inc.severity
+    else:
+        return None
+    return {"feedback_id": f"{kind}:{inc.incident_id}", "kind": kind, "incident_id": inc.incident_id,
+            "features_json": json.dumps(inc.features), "category": None, "severity": sev, "by": None,
+            "at": o.at or (o.alert.received_at if o.alert else inc.last_activity_at)}
+
+
 def _ssl_context(cert: str | None, key: str | None) -> Any:
     if not cert:
         return None
@@ -445,6 +568,6 @@ def _ssl_context(cert: str | None, key: str | None) -> Any:
 
 
 def _next_due(g: GroupState) -> int | None:
-    dues = [d for i in g.incidents.values() if (d := i.auto_resolve_due()) is not None]
+    dues = [d for i in g.incidents.values() if (d := i.next_due()) is not None]
     dues += [(i.resolved_at or 0) + RESOLVED_RETENTION_MS for i in g.incidents.values() if not i.is_open]
     return min(dues) if dues else None

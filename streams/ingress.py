@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from pagerstream.pagerduty.webhooks import WebhookReceiver
 from pagerstream.processors.enrich import enrich
 from pagerstream.processors.errors import InvalidInput
 from pagerstream.processors.incident import short_hash
@@ -44,6 +45,9 @@ class Ingress:
         router.add_post("/ingest/alertmanager", self.alertmanager)
         router.add_post("/ingest/grafana", self.grafana)
         router.add_post("/ingest/generic/{mapping}", self.generic)
+        # PagerDuty V3 webhooks (signed, deduped by X-Webhook-Id) -> pagerduty.webhooks
+        self.pd_webhooks = WebhookReceiver.for_pipeline(self.p)
+        router.add_post("/pagerduty/webhooks/{subscription}", self.pd_webhooks.handle)
 
     # --- PagerDuty Events API v2 shape ------------------------------------------------------------
     async def pd_enqueue(self, request: web.Request) -> web.Response:

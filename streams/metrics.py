@@ -57,6 +57,19 @@ class Metrics:
                                        ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.predictions = Counter("pagerstream_predicted_incidents", "Predicted incidents published",
                                    registry=r)
+        self.model_decisions = Counter("pagerstream_model_decisions", "Model decisions by model and outcome "
+                                       "(transient: pause/page_now/paged_after_pause/resolved_while_paused; "
+                                       "classify: labelled/abstained)", ["model", "outcome"], registry=r)
+        self.model_feedback = Counter("pagerstream_model_feedback", "Feedback records applied by the learner",
+                                      ["kind"], registry=r)
+        self.model_examples = Gauge("pagerstream_model_examples_learned", "Examples the model has learned",
+                                    ["model"], registry=r)
+        self.model_checkpoint_age = Gauge("pagerstream_model_checkpoint_timestamp_seconds",
+                                          "When the model checkpoint in use was written", ["model"], registry=r)
+        self.classify_cache = Counter("pagerstream_classify_cache", "Classifier prediction cache lookups",
+                                      ["result"], registry=r)
+        self.similar_index = Gauge("pagerstream_similar_index_incidents", "Past incidents in this worker's "
+                                   "similar-incident index", registry=r)
         self.catalog_services = Gauge("pagerstream_catalog_services", "Services in the loaded catalog",
                                       registry=r)
 

@@ -14,6 +14,12 @@ Endpoints:
   GET|POST /sandbox/faults                            read / add fault injection
   POST /sandbox/reset                                 wipe all state (faults included)
   GET  /healthz
+
+The same app also serves the REST API v2 stand-in of streams/pd_rest_sandbox.py (mounted by
+make_app through `add_rest_routes`): /services, /escalation_policies, /schedules, /oncalls, /users,
+/teams, /incidents (+ notes, acknowledge/resolve/reassign), /webhook_subscriptions, /audit/records,
+validated against the official REST OpenAPI spec, with its own controls under /sandbox/rest/
+(requests, faults, seed, tokens, reset). It is skipped with a warning if the REST spec is missing.
 """
 
 from __future__ import annotations
@@ -750,7 +756,21 @@ def make_app(spec_path: str | os.PathLike | None = None) -> web.Application:
     app.router.add_post("/sandbox/faults", _post_faults)
     app.router.add_post("/sandbox/reset", _post_reset)
     app.router.add_get("/healthz", _healthz)
+    _mount_rest(app, spec_path)
     return app
+
+
+def _mount_rest(app: web.Application, spec_path: str | os.PathLike | None) -> None:
+    """Serve the REST API v2 stand-in (streams/pd_rest_sandbox.py) from the same app."""
+    contracts = Path(spec_path).expanduser() if spec_path is not None and Path(spec_path).is_dir() else None
+    try:
+        try:
+            from .pd_rest_sandbox import add_rest_routes
+        except ImportError:  # run as a plain script, not as part of the package
+            from pd_rest_sandbox import add_rest_routes  # type: ignore[no-redef]
+        add_rest_routes(app, contracts_dir=contracts)
+    except (ImportError, FileNotFoundError) as exc:  # SpecNotFoundError is a FileNotFoundError
+        log.warning("REST API sandbox not mounted: %s", exc)
 
 
 class SandboxServer:

@@ -6,6 +6,7 @@ Keys (DESIGN: keys decide locality):
 - alerts.normalized     key = group_key: dedup and incident state for a group live on one partition.
 - incidents             key = incident_id.
 - pagerduty.outbox/.retry key = stream_key (rk hash:pd dedup_key): one key's calls stay in order.
+- pagerduty.webhooks     key = PagerDuty incident id (else resource id): one incident's webhooks stay in order.
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
         TopicSpec(f"{p}alerts.rates", 0, 1 * DAY_MS, doc="internal: trigger times keyed by service (rate series)"),
         TopicSpec(f"{p}incidents.predicted", 0, 30 * DAY_MS,
                   doc="PredictedIncident: a service's alert rate looks anomalous"),
+        TopicSpec(f"{p}pagerduty.webhooks", 0, 30 * DAY_MS,
+                  doc="PagerDutyWebhook: verified V3 webhook deliveries, keyed by incident id (else resource id)"),
         # Compacted and single-partition: every worker reads all of it; -1 keeps the latest per service forever.
         TopicSpec(f"{p}pagerstream.catalog", 1, -1, compact=True, doc="ServiceEntry: the services catalog"),
+        # One partition: one learner applies feedback in order; 90 days so a model can be relearned.
+        TopicSpec(f"{p}models.feedback", 1, 90 * DAY_MS, doc="ModelFeedback: labels the classifier learns from"),
+        TopicSpec(f"{p}models.checkpoints", 1, -1, compact=True,
+                  doc="Fernet-sealed model checkpoints, latest per model name (key)"),
+        TopicSpec(f"{p}metrics.points", 0, 1 * DAY_MS,
+                  doc="JSON {series, ts, value}: any metric stream to score for anomalies, keyed by series"),
     ]
     return {s.name.removeprefix(p): s for s in specs}
 

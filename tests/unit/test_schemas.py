@@ -119,6 +119,15 @@ RECORDS: dict[str, dict[str, Any]] = {
         "resolved_at": None,
         "at": T0,
         "pagerduty_action": None,
+        "change_detail": "paused",
+        "alert_type": "checkout/HighLatency",
+        "pause": {"paused_until": T0 + 300_000, "p_resolve": 0.86,
+                  "evidence": "resolved by itself 12 of 14 times within 5 min", "model_version": "transient-1"},
+        "scores": [{"model": "classify.category", "label": None, "best": "application", "score": 0.41,
+                    "abstained": True, "explanation": "latency, checkout", "model_version": "classify-1"}],
+        "similar": [{"incident_id": "0a1b-3", "summary": "checkout latency after deploy", "service": "checkout",
+                     "resolved_at": T0 - 86_400_000, "score": 0.77, "why": "latency, checkout"}],
+        "recurrence": "daily at 02:00 UTC",
     },
     "pagerduty_event": {
         "event_id": "inc-3b9f#1",
@@ -157,6 +166,16 @@ RECORDS: dict[str, dict[str, Any]] = {
         "published_at": T0,
     },
     "tick": {"partition": 7, "now": T0},
+    "model_feedback": {
+        "feedback_id": "human:inc-3b9f:1",
+        "kind": "human",
+        "incident_id": "inc-3b9f",
+        "features_json": None,
+        "category": "application",
+        "severity": "warning",
+        "by": "oncall@example.com",
+        "at": T0,
+    },
     "predicted_incident": {
         "event_id": "checkout#1700000040000",
         "service": "checkout",
@@ -170,6 +189,38 @@ RECORDS: dict[str, dict[str, Any]] = {
         "reason_json": '{"component": "value", "expected": [2.0, 3.0]}',
         "model_version": "rate-anomaly/1",
         "at": T0,
+        "source": "alert_rate",
+        "value": None,
+        "pagerduty_action": "trigger",
+    },
+    "pagerduty_webhook": {
+        "event_id": "01BZYIL05THJDFF2Y08X9SVMTU",
+        "webhook_id": "1b5e8a7c-0f52-4d3f-9a77-2c54f1d0e9ab",
+        "subscription": "ops",
+        "pd_subscription_id": "PXSUIZH",
+        "event_type": "incident.triggered",
+        "known_event_type": True,
+        "resource_type": "incident",
+        "data_type": "incident",
+        "occurred_at": T0 - 1_200,
+        "received_at": T0,
+        "resource_id": "PFQZPSY",
+        "incident_id": "PFQZPSY",
+        "incident_number": 9,
+        "incident_key": "d3640fbd41094207a1c11e58e46b1662",
+        "incident_status": "triggered",
+        "title": "Checkout p99 latency — Zürich",
+        "urgency": "high",
+        "priority_id": "PSO75BM",
+        "priority_name": "P1",
+        "service_id": "PA2P440",
+        "escalation_policy_id": "PY82TC6",
+        "assignee_ids": ["PJ0LVEB", "PTUXL6G"],
+        "team_ids": [],
+        "agent_id": None,
+        "agent_type": None,
+        "client_name": "PagerDuty",
+        "payload_json": '{"event":{"id":"01BZYIL05THJDFF2Y08X9SVMTU","event_type":"incident.triggered"}}',
     },
 }
 
@@ -492,7 +543,7 @@ ENUM_SCHEMAS = [n for n in LOGICAL if any(isinstance(f["type"], dict) and f["typ
 
 @pytest.mark.parametrize("name", ENUM_SCHEMAS)
 def test_checker_catches_a_removed_enum_symbol(name: str):
-    assert ENUM_SCHEMAS == ["alert", "incident_event", "pagerduty_event"]
+    assert ENUM_SCHEMAS == ["alert", "incident_event", "model_feedback", "pagerduty_event"]
     current = _json(SCHEMA_NAMES[name])
     new = copy.deepcopy(current)
     enum = next(f["type"] for f in new["fields"] if isinstance(f["type"], dict) and f["type"].get("type") == "enum")
