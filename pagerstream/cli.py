@@ -296,7 +296,7 @@ MODELS = {
 
 @main.group()
 def models() -> None:
-    """Evaluate the online models on data."""
+    """Evaluate, train and correct the online models."""
 
 
 @models.command("evaluate")
@@ -316,6 +316,82 @@ def models_evaluate(model: str, data: str, out: str | None, quick: bool) -> None
     click.echo(json.dumps({"model": model, "metrics": metrics}, default=str))
 
 
+@models.command("train")
+@click.argument("model", type=click.Choice(["classify"]))
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL of labelled alert rules (rules_flat.jsonl shape: name, description, query, for, "
+                   "severity, category4 or category)")
+@click.option("--publish/--no-publish", default=False, show_default=True,
+              help="Publish the trained model to models.checkpoints: every worker loads it")
+@click.option("--limit", type=int, default=0, help="Learn at most this many rules (0 = all)")
+def models_train(model: str, data: str, publish: bool, limit: int) -> None:
+    """Train MODEL from labelled data (a cold start for the stream's classifier)."""
+    from pagerstream.models.classify import AlertClassifier, features_from_rule
+
+    clf = AlertClassifier()
+    skipped = 0
+    with open(data, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if limit and i >= limit:
+                break
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            try:
+                clf.learn(features_from_rule(r), severity=r.get("severity"),
+                          category=r.get("category4") or r.get("category"))
+            except ValueError:
+                skipped += 1
+    click.echo(json.dumps({"model": model, "learned": clf.n_learned, "skipped": skipped}))
+    if publish:
+        s = _settings()
+        from pagerstream.crypto import NoKey
+        from pagerstream.streams.model_hub import publish_checkpoint
+        from pagerstream.streams.topics import topic_specs
+
+        asyncio.run(_create_topics(s))
+        topic = topic_specs(s.topic_prefix)["models.checkpoints"].name
+        try:
+            asyncio.run(publish_checkpoint(s.kafka_bootstrap_servers, topic, s.encryption_key, "classify",
+                                           clf.to_state(), n_learned=clf.n_learned, trained_from=Path(data).name))
+        except NoKey as e:
+            click.echo(f"pagerstream: {e}", err=True)
+            sys.exit(2)
+        click.echo(f"published to {topic}")
+
+
+@models.command("feedback")
+@click.option("--incident", "incident_id", required=True, help="incident_id from the incidents topic")
+@click.option("--category", type=click.Choice(["infrastructure", "application", "security", "business"]))
+@click.option("--severity", type=click.Choice(["critical", "error", "warning", "info"]))
+@click.option("--by", default=None, help="who is correcting (recorded)")
+def models_feedback(incident_id: str, category: str | None, severity: str | None, by: str | None) -> None:
+    """Correct an incident's category/severity: the classifier learns from it (models.feedback)."""
+    if not category and not severity:
+        raise click.UsageError("give --category and/or --severity")
+    s = _settings()
+    from pagerstream.schemas import AvroCodec
+    from pagerstream.streams.topics import topic_specs
+
+    now = int(time.time() * 1000)
+    rec = {"feedback_id": f"human:{incident_id}:{now}:{uuid.uuid4().hex[:6]}", "kind": "human",
+           "incident_id": incident_id, "features_json": None, "category": category, "severity": severity,
+           "by": by, "at": now}
+    topic = topic_specs(s.topic_prefix)["models.feedback"].name
+    async def go() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        p = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True)
+        await p.start()
+        try:
+            await p.send_and_wait(topic, AvroCodec("model_feedback").encode(rec), key=incident_id.encode())
+        finally:
+            await p.stop()
+
+    asyncio.run(go())
+    click.echo(json.dumps({"feedback_id": rec["feedback_id"], "topic": topic}))
+
+
 # --- sandbox ---------------------------------------------------------------------------------------
 @main.command("pd-sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -329,10 +405,11 @@ def pd_sandbox(host: str, port: int, spec: str | None) -> None:
     run(host, port, spec_path=spec)
 
 
-if __name__ == "__main__":
-    main()
-
 
 from pagerstream.cli_pagerduty import pagerduty as _pagerduty_group  # noqa: E402
 
 main.add_command(_pagerduty_group)
+
+
+if __name__ == "__main__":
+    main()

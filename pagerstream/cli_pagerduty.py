@@ -63,8 +63,8 @@ def webhooks() -> None:
 @click.option("--type", "filter_type", required=True, type=click.Choice(["account", "service", "team"]),
               help="Scope of the subscription")
 @click.option("--filter-id", default=None, help="Service or team id (required for --type service|team)")
-@click.option("--events", default=",".join(DEFAULT_WEBHOOK_EVENTS), show_default=True,
-              help="Comma-separated event types")
+@click.option("--events", default=",".join(DEFAULT_WEBHOOK_EVENTS),
+              help="Comma-separated event types [default: the 12 core incident.* events]")
 @click.option("--description", default="pagerstream", show_default=True)
 def webhooks_create(url: str, filter_type: str, filter_id: str | None, events: str, description: str) -> None:
     """Create a subscription; prints its id and, once, its signing secret."""

@@ -165,6 +165,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
             # Group states are ~1-2 KB: with the default 16 KB batches the changelog buffer kept filling
             # ("producer buffer full", 15-36 warnings per 30k alerts, commits taking 3.8 s); with these, 3.
             producer_max_batch_size=512 * 1024,
+            producer_max_request_size=16 * 2**20,  # model checkpoints (models.checkpoints allows 16 MB)
             producer_linger=0.002,
             broker_session_timeout=o.session_timeout_s,
             broker_heartbeat_interval=max(1.0, o.session_timeout_s / 10),
@@ -306,6 +307,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
             tick = self.codecs["tick"].decode(value)
             outs = self._on_tick(msg.partition, tick["now"])
             if outs:
+                self._learn_transient(outs)
                 await self._emit(outs)
             return
         a = Alert.from_record(self.codecs["alert"].decode(value))

@@ -119,7 +119,6 @@ class LearnAgents:
             model.learn(features, category=category, severity=severity)
         self._learner_pending += 1
         self.metrics.model_feedback.labels(kind).inc()
-        self.metrics.model_examples.labels("classify").set(model.n_learned)
         if kind == "resolved" and iid:
             self.incident_features.pop(iid.encode(), None)
 

@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from aiohttp import web
-from multidict import MultiDictProxy
-from referencing import Registry, Resource
+from multidict import MultiMapping
+from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
 try:  # the OpenAPI 3.0 dialect (nullable etc.), as in pd_sandbox
@@ -198,7 +198,7 @@ class RestSpec:
 
     def __init__(self, spec: dict) -> None:
         self.spec = spec
-        self.registry = Registry().with_resource(SPEC_URI, Resource(contents=spec, specification=DRAFT4))
+        self.registry = Registry().with_resource(SPEC_URI, DRAFT4.create_resource(spec))
         self.operations: list[Operation] = []
         self._value_validators: dict[str, Any] = {}
         for path, item in spec.get("paths", {}).items():
@@ -265,7 +265,7 @@ class RestSpec:
             v = self._value_validators[k] = _SchemaValidator(schema, registry=self.registry)
         return v
 
-    def check_query(self, op: Operation, query: MultiDictProxy) -> list[str]:
+    def check_query(self, op: Operation, query: MultiMapping[str]) -> list[str]:
         errors: list[str] = []
         declared = {p.name: p for p in op.params if p.location == "query"}
         for name in dict.fromkeys(query.keys()):
@@ -448,7 +448,7 @@ def _token_key(token: str) -> str:
 class Ctx:
     op: Operation
     path_params: dict[str, str]
-    query: MultiDictProxy
+    query: MultiMapping[str]
     body: Any
     auth: str  # "token" | "bearer"
     token_key: str
@@ -551,7 +551,7 @@ class RestSandboxState:
             self.audit_records.append(copy.deepcopy(rec))
 
     def reference(self, coll: str, obj_id: str) -> dict:
-        otype, rtype, html = KINDS[coll]
+        _otype, rtype, html = KINDS[coll]
         obj = self.collections[coll].get(obj_id) or {}
         return {"id": obj_id, "type": rtype, "summary": obj.get("summary") or obj.get("name") or obj_id,
                 "self": f"{API_HOST}/{coll}/{obj_id}", "html_url": f"{APP_HOST}/{html}/{obj_id}"}
@@ -838,12 +838,12 @@ class RestSandboxState:
 # pagination
 # --------------------------------------------------------------------------------------------
 
-def _int_param(q: MultiDictProxy, name: str, default: int) -> int:
+def _int_param(q: MultiMapping[str], name: str, default: int) -> int:
     v = q.get(name)
     return default if v is None else int(v)  # already validated as integer
 
 
-def classic_page(items: list[dict], q: MultiDictProxy, wrapper: str) -> dict:
+def classic_page(items: list[dict], q: MultiMapping[str], wrapper: str) -> dict:
     limit = _int_param(q, "limit", DEFAULT_LIMIT)
     offset = _int_param(q, "offset", 0)
     if limit < 1:
@@ -864,7 +864,7 @@ def _encode_cursor(pos: int) -> str:
     return base64.urlsafe_b64encode(f"pos:{pos}".encode()).decode()
 
 
-def cursor_page(items: list[dict], q: MultiDictProxy, wrapper: str) -> dict:
+def cursor_page(items: list[dict], q: MultiMapping[str], wrapper: str) -> dict:
     limit = min(max(1, _int_param(q, "limit", DEFAULT_LIMIT)), MAX_LIMIT)
     pos = 0
     cur = q.get("cursor")
@@ -885,7 +885,7 @@ def cursor_page(items: list[dict], q: MultiDictProxy, wrapper: str) -> dict:
 # handlers: (state, ctx) -> (status, body)
 # --------------------------------------------------------------------------------------------
 
-def _name_filter(items: Iterable[dict], q: MultiDictProxy) -> list[dict]:
+def _name_filter(items: Iterable[dict], q: MultiMapping[str]) -> list[dict]:
     query = (q.get("query") or "").lower()
     out = [o for o in items if not query or query in str(o.get("name") or o.get("summary") or "").lower()]
     team_ids = set(q.getall("team_ids[]", []))
@@ -927,7 +927,7 @@ def h_get_escalation_policy(state, ctx):
     return _get(state, "escalation_policies", ctx, "Escalation Policy")
 
 
-def _window(state: RestSandboxState, q: MultiDictProxy) -> tuple[datetime, datetime]:
+def _window(state: RestSandboxState, q: MultiMapping[str]) -> tuple[datetime, datetime]:
     now = state.now()
     since, until = parse_time(q.get("since")), parse_time(q.get("until"))
     if since is None and until is None:
@@ -1025,7 +1025,7 @@ def _requester(state: RestSandboxState, ctx: Ctx) -> dict | None:
     if ctx.from_email:
         u = state.user_by_email(ctx.from_email)
         if u is None:
-            raise invalid(f"no user with the email given in From", code=1008, message="Requester User Not Found")
+            raise invalid("no user with the email given in From", code=1008, message="Requester User Not Found")
         return state.reference("users", u["id"])
     uid = state.token_users.get(ctx.token_key)
     return state.reference("users", uid) if uid in state.collections["users"] else None
@@ -1271,9 +1271,8 @@ def _check_headers(op: Operation, request: web.Request, auth: str) -> list[str]:
         elif name == "content-type":
             if value.split(";")[0].strip().lower() != "application/json":
                 errors.append("Content-Type header must be 'application/json'")
-        elif name == "from":
-            if not _EMAIL_RE.match(value.strip()):
-                errors.append("From header must be the email address of a user")
+        elif name == "from" and not _EMAIL_RE.match(value.strip()):
+            errors.append("From header must be the email address of a user")
     return errors
 
 
@@ -1433,13 +1432,29 @@ async def _post_reset(request: web.Request) -> web.Response:
     return web.json_response({"status": "reset", "examples": examples})
 
 
+_SPECS: dict[tuple[str, float], RestSpec] = {}
+_SPECS_LOCK = threading.Lock()
+
+
+def _cached_spec(path: str | Path) -> RestSpec:
+    """Parsed specs are read-only, so apps built from the same file share one."""
+    f = _spec_file(path)
+    if not f.is_file():
+        load_rest_spec(path)  # raises SpecNotFoundError with the explanation
+    key = (str(f.resolve()), f.stat().st_mtime)
+    with _SPECS_LOCK:
+        if key not in _SPECS:
+            _SPECS[key] = RestSpec(load_rest_spec(f))
+        return _SPECS[key]
+
+
 def add_rest_routes(app: web.Application, *, contracts_dir: str | Path | None = None,
                     spec_path: str | Path | None = None, seed_examples: bool = True,
                     clock: Callable[[], float] = time.monotonic,
                     wallclock: Callable[[], float] = time.time) -> RestSandboxState:
     """Mount the REST API stand-in on `app` (before it starts). Fails fast if the spec is missing."""
     cdir = Path(contracts_dir).expanduser() if contracts_dir else default_contracts_dir()
-    spec = RestSpec(load_rest_spec(spec_path or cdir))
+    spec = _cached_spec(spec_path or cdir)
     examples = cdir / EXAMPLES_RELPATH
     event_types: list[str] = []
     et = cdir / EVENT_TYPES_RELPATH

@@ -27,6 +27,7 @@ class TopicSpec:
     retention_ms: int
     compact: bool = False
     doc: str = ""
+    max_message_bytes: int = 0  # 0 = the broker's default (1 MB)
 
     def config(self) -> dict[str, str]:
         c = {"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"}
@@ -35,6 +36,8 @@ class TopicSpec:
             c["min.compaction.lag.ms"] = "60000"
         else:
             c["cleanup.policy"] = "delete"
+        if self.max_message_bytes:
+            c["max.message.bytes"] = str(self.max_message_bytes)
         return c
 
 
@@ -57,7 +60,7 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
         TopicSpec(f"{p}pagerstream.catalog", 1, -1, compact=True, doc="ServiceEntry: the services catalog"),
         # One partition: one learner applies feedback in order; 90 days so a model can be relearned.
         TopicSpec(f"{p}models.feedback", 1, 90 * DAY_MS, doc="ModelFeedback: labels the classifier learns from"),
-        TopicSpec(f"{p}models.checkpoints", 1, -1, compact=True,
+        TopicSpec(f"{p}models.checkpoints", 1, -1, compact=True, max_message_bytes=16 * 2**20,
                   doc="Fernet-sealed model checkpoints, latest per model name (key)"),
         TopicSpec(f"{p}metrics.points", 0, 1 * DAY_MS,
                   doc="JSON {series, ts, value}: any metric stream to score for anomalies, keyed by series"),

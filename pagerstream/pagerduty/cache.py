@@ -146,7 +146,7 @@ class PagerDutyCache:
             log.warning("PagerDuty cache: could not store %s (%s)", resource, type(e).__name__)
         return value
 
-    async def invalidate(self, resource_type: str, id: str | None = None) -> int:  # noqa: A002 - public API name
+    async def invalidate(self, resource_type: str, id: str | None = None) -> int:
         """Drop cached `resource_type` data: one object (and the lists of that type) or all of it,
         plus the dependent types. Returns the number of keys deleted."""
         if resource_type not in CACHEABLE:
@@ -160,7 +160,7 @@ class PagerDutyCache:
         self._invalidations.labels(resource).inc()
         idx = self._index_key(resource)
         await self.redis.incr(self._gen_key(resource))
-        members = [_text(m) for m in await self.redis.smembers(idx)]
+        members = [_text(m) for m in await self.redis.smembers(idx)]  # type: ignore[misc]
         if obj_id is None:
             doomed = members
         else:
@@ -169,7 +169,7 @@ class PagerDutyCache:
         if not doomed:
             return 0
         n = int(await self.redis.delete(*doomed))
-        await self.redis.srem(idx, *doomed)
+        await self.redis.srem(idx, *doomed)  # type: ignore[misc]
         return n
 
     async def clear(self) -> int:
@@ -241,11 +241,12 @@ class PagerDutyCache:
                            schedule_ids: Iterable[str] | None = None, user_ids: Iterable[str] | None = None,
                            since: str | None = None, until: str | None = None,
                            earliest: bool | None = None) -> list[dict]:
-        p = {"escalation_policy_ids": self._norm(escalation_policy_ids), "schedule_ids": self._norm(schedule_ids),
-             "user_ids": self._norm(user_ids), "since": since, "until": until, "earliest": earliest}
+        eps, scheds, users = self._norm(escalation_policy_ids), self._norm(schedule_ids), self._norm(user_ids)
+        p = {"escalation_policy_ids": eps, "schedule_ids": scheds, "user_ids": users, "since": since,
+             "until": until, "earliest": earliest}
         return await self._cached("oncalls", None, p, lambda: self.client.list_oncalls(
-            escalation_policy_ids=p["escalation_policy_ids"], schedule_ids=p["schedule_ids"],
-            user_ids=p["user_ids"], since=since, until=until, earliest=earliest))
+            escalation_policy_ids=eps, schedule_ids=scheds, user_ids=users, since=since, until=until,
+            earliest=earliest))
 
     async def list_users(self, *, query: str | None = None, team_ids: Iterable[str] | None = None) -> list[dict]:
         p = {"query": query, "team_ids": self._norm(team_ids)}

@@ -50,8 +50,9 @@ R4  Layer precedence.  PagerDuty "Schedule Basics" (support.pagerduty.com/docs/s
     and Layer 2 overlap, the user on Layer 2 will be the one on-call ... The last layer, then,
     essentially acts as an override for all layers that it overlaps."  So higher-numbered layers
     win.  Mapping to the JSON array: in create/update (POST/PUT) bodies - and in Terraform
-    configuration, which sends its ``layer`` blocks in order - element 0 is Layer 1.  GET returns
-    the layers in the *opposite* order: PagerDuty/public-support-scripts
+    configuration, which sends its ``layer`` blocks in order - element 0 is Layer 1, the base, and
+    the last element is the top (terraform-provider-pagerduty issue #424: reordering the blocks
+    turns the "base" layer into the "override").  GET returns the layers in the *opposite* order: PagerDuty/public-support-scripts
     ``schedule_layer_reorganizer/README.md`` ("GET requests for schedules show schedule layers in
     reverse order to PUT and POST requests"), and PagerDuty/terraform-provider-pagerduty
     ``flattenScheduleLayers`` reverses what GET returns to match the configuration (open PR #610,
@@ -108,10 +109,12 @@ loop iterations so callers (and tests) can check that.
 from __future__ import annotations
 
 import heapq
+import itertools
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -134,7 +137,6 @@ __all__ = [
     "resolve_time_zone",
 ]
 
-UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
@@ -194,9 +196,7 @@ Marshall Is.=Pacific/Majuro|Midway Island=Pacific/Midway|New Caledonia=Pacific/N
 American Samoa=Pacific/Pago_Pago|Port Moresby=Pacific/Port_Moresby|Nuku'alofa=Pacific/Tongatapu
 """
 ACTIVESUPPORT_ZONES: dict[str, str] = dict(
-    pair.split("=", 1)
-    for line in _AS_ZONES_TABLE.strip().splitlines()
-    for pair in line.split("|")
+    pair.split("=", 1) for line in _AS_ZONES_TABLE.strip().splitlines() for pair in line.split("|")
 )
 
 
@@ -533,10 +533,11 @@ def _merge_same_key(segs: Iterable[_Seg]) -> list[_Seg]:
 
 def merge_entries(entries: Iterable[ScheduleEntry]) -> list[ScheduleEntry]:
     """Sort entries and join touching entries of the same user (the time zone of the first of
-    each merged run is kept)."""
+    each merged run is kept).  Compares instants: Python compares two datetimes that share a
+    tzinfo by wall time, which is wrong inside a repeated (fall-back) hour."""
     out: list[ScheduleEntry] = []
-    for e in sorted(entries, key=lambda x: (x.start, x.end)):
-        if out and out[-1].end == e.start and out[-1].user_id == e.user_id:
+    for e in sorted(entries, key=lambda x: (_ts(x.start), _ts(x.end))):
+        if out and _ts(out[-1].end) == _ts(e.start) and out[-1].user_id == e.user_id:
             out[-1] = ScheduleEntry(out[-1].start, e.end.astimezone(out[-1].end.tzinfo), e.user_id)
         else:
             out.append(e)
@@ -571,8 +572,10 @@ def find_gaps(
     """Sub-intervals of ``[since, until)`` covered by no entry, in ``since``'s time zone."""
     tz = since.tzinfo or UTC
     lo, hi = _ts(since), _ts(until)
-    return [(_from_instant(s, tz), _from_instant(e, tz)) for s, e in _gaps(
-        ((_ts(e.start), _ts(e.end)) for e in entries), lo, hi)]
+    return [
+        (_from_instant(s, tz), _from_instant(e, tz))
+        for s, e in _gaps(((_ts(e.start), _ts(e.end)) for e in entries), lo, hi)
+    ]
 
 
 def _gaps(segs: Iterable[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
@@ -619,8 +622,14 @@ class Schedule:
 
     def with_overrides(self, overrides: Any) -> Schedule:
         """A copy with ``overrides`` (raw API objects or ``Override`` s) replacing the current ones."""
-        return Schedule(self.time_zone, self.layers, parse_overrides(overrides, self._tz),
-                        self.turn_clock, self.id, self.name)
+        return Schedule(
+            self.time_zone,
+            self.layers,
+            parse_overrides(overrides, self._tz),
+            self.turn_clock,
+            self.id,
+            self.name,
+        )
 
     @property
     def tz(self) -> ZoneInfo:
@@ -662,7 +671,7 @@ class Schedule:
         last = _local(hi, tz).date() + timedelta(days=1)
         step = timedelta(days=1 if r.type == "daily_restriction" else 7)
         if r.type == "weekly_restriction":
-            first += timedelta(days=(r.start_day_of_week - first.isoweekday() + 1) % 7)
+            first += timedelta(days=(r.start_day_of_week - first.isoweekday()) % 7)
         day = first
         while day <= last:
             if stats is not None:
@@ -674,7 +683,9 @@ class Schedule:
                 yield ws, we
             day += step
 
-    def _layer_windows(self, layer: Layer, lo: int, hi: int, stats: RenderStats | None) -> list[tuple[int, int]]:
+    def _layer_windows(
+        self, layer: Layer, lo: int, hi: int, stats: RenderStats | None
+    ) -> list[tuple[int, int]]:
         """Where ``layer`` accepts assignments inside ``[lo, hi)``: span x union of restrictions."""
         span_lo = max(lo, layer.start)
         span_hi = hi if layer.end is None else min(hi, layer.end)
@@ -736,7 +747,7 @@ class Schedule:
         heap: list[tuple[tuple[int, int], int, int]] = []  # (-priority, end, index)
         out: list[_Seg] = []
         nxt = 0
-        for x, y in zip(bounds, bounds[1:]):
+        for x, y in itertools.pairwise(bounds):
             while nxt < len(segs) and segs[nxt][0] <= x:
                 p = self._priority(segs[nxt][3])
                 heapq.heappush(heap, ((-p[0], -p[1]), segs[nxt][1], nxt))
@@ -811,8 +822,10 @@ class Schedule:
         return tz, time_zone if isinstance(time_zone, str) else str(time_zone)
 
     def _entries(self, triples: Iterable[tuple[int, int, str]], tz: ZoneInfo) -> tuple[ScheduleEntry, ...]:
-        return tuple(ScheduleEntry(_from_instant(s, tz), _from_instant(e, tz), u)
-                     for s, e, u in _merge_same_user(triples))
+        return tuple(
+            ScheduleEntry(_from_instant(s, tz), _from_instant(e, tz), u)
+            for s, e, u in _merge_same_user(triples)
+        )
 
     def layer_entries(
         self,
@@ -886,13 +899,22 @@ class Schedule:
         layers = []
         for i, layer in enumerate(self.layers):
             clipped = self._layer_segments(i, lo, hi, stats)
-            entries = self.layer_entries(i, since, until, overflow=overflow, time_zone=tz, stats=stats) \
-                if overflow else self._entries([(s, e, u) for s, e, u, _ in clipped], tz)
-            layers.append(RenderedLayer(layer.name, layer.id, entries,
-                                        _coverage([(s, e) for s, e, _, _ in clipped], lo, hi)))
+            entries = (
+                self.layer_entries(i, since, until, overflow=overflow, time_zone=tz, stats=stats)
+                if overflow
+                else self._entries([(s, e, u) for s, e, u, _ in clipped], tz)
+            )
+            layers.append(
+                RenderedLayer(
+                    layer.name, layer.id, entries, _coverage([(s, e) for s, e, _, _ in clipped], lo, hi)
+                )
+            )
         final_clipped = self._final_segments(lo, hi, stats)
-        final = self.final_entries(since, until, overflow=True, time_zone=tz, stats=stats) if overflow \
+        final = (
+            self.final_entries(since, until, overflow=True, time_zone=tz, stats=stats)
+            if overflow
             else self._entries([(s, e, u) for s, e, u, _ in final_clipped], tz)
+        )
         ov = self.override_entries(since, until, overflow=overflow, time_zone=tz)
         ov_cov = _coverage([(max(o.start, lo), min(o.end, hi)) for o in self.overrides], lo, hi)
         spans = [(s, e) for s, e, _, _ in final_clipped]
@@ -916,7 +938,9 @@ class Schedule:
         if not layer.users or t < layer.start or (layer.end is not None and t >= layer.end):
             return None
         if layer.restrictions and not any(
-            ws <= t < we for r in layer.restrictions for ws, we in self._restriction_windows(r, t, t + 1, None)
+            ws <= t < we
+            for r in layer.restrictions
+            for ws, we in self._restriction_windows(r, t, t + 1, None)
         ):
             return None
         k = self._turn_index(layer, t, None)
@@ -960,7 +984,9 @@ class Schedule:
                     pending = (pending[0], e, u)
                     continue
                 if pending:
-                    yield ScheduleEntry(_from_instant(pending[0], tz), _from_instant(pending[1], tz), pending[2])
+                    yield ScheduleEntry(
+                        _from_instant(pending[0], tz), _from_instant(pending[1], tz), pending[2]
+                    )
                 pending = (s, e, u)
             cur = nxt
             size = min(size * 2, 32 * max(1, int(chunk.total_seconds())))
@@ -1052,8 +1078,18 @@ def resolve_escalation(
     out = []
     for i, rule in enumerate(rules):
         users, sources, missing = _resolve_rule(rule, schedules, ts)
-        out.append(EscalationLevel(i + 1, i, rule.get("id"), int(rule.get("escalation_delay_in_minutes") or 0),
-                                   _from_instant(ts, tz), users, sources, missing))
+        out.append(
+            EscalationLevel(
+                i + 1,
+                i,
+                rule.get("id"),
+                int(rule.get("escalation_delay_in_minutes") or 0),
+                _from_instant(ts, tz),
+                users,
+                sources,
+                missing,
+            )
+        )
     return out
 
 
@@ -1078,8 +1114,18 @@ def escalation_timeline(
         for i, rule in enumerate(rules):
             users, sources, missing = _resolve_rule(rule, schedules, ts)
             delay = int(rule.get("escalation_delay_in_minutes") or 0)
-            out.append(EscalationLevel(j * len(rules) + i + 1, i, rule.get("id"), delay,
-                                       _from_instant(ts, tz), users, sources, missing))
+            out.append(
+                EscalationLevel(
+                    j * len(rules) + i + 1,
+                    i,
+                    rule.get("id"),
+                    delay,
+                    _from_instant(ts, tz),
+                    users,
+                    sources,
+                    missing,
+                )
+            )
             if users:
                 ts += delay * 60
     return out

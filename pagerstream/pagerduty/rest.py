@@ -398,8 +398,8 @@ class RatePacer:
 
     After each response it knows the window's limit, what is left and when the window resets. Before
     each request `delay()` says how long to wait: nothing while more than `slow_below` of the window
-    is left; below that, the time left in the window divided evenly by the requests left (measured from
-    the previous request); at 0 remaining, until the reset. A 429 blocks until its reset / backoff.
+    is left; below that, requests spaced by (time left in the window) / (requests left + 1), measured
+    from the previous request, so the budget lasts until the reset; at 0 remaining, until the reset. A 429 blocks until its reset / backoff.
     One pacer is shared by all calls of a client (PagerDuty limits per token); `acquire()` is serialized
     so that concurrent callers queue instead of all firing when the budget frees up.
     """
@@ -443,7 +443,8 @@ class RatePacer:
         if self.remaining <= 0:
             return max(wait, left)
         if self.limit and self.remaining < self.limit * self.slow_below:
-            spacing = left / self.remaining
+            # spread what is left over the rest of the window, using it up just before the reset
+            spacing = left / (self.remaining + 1)
             since_last = now - self.last_sent if self.last_sent is not None else spacing
             wait = max(wait, spacing - since_last)
         return min(wait, self.max_wait_s)

@@ -34,9 +34,10 @@ import logging
 import re
 import time
 import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 from jsonschema import Draft202012Validator
@@ -61,7 +62,7 @@ MAX_BODY = 512_000  # PagerDuty drops anything above 256 KB itself
 MAX_WEBHOOK_ID = 256
 MAX_SIGNATURES = 32  # v1 entries looked at per header; a rotation sends two
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?")
 
 # The 'Event Types' table of developer-docs webhooks/01-Overview.md, plus the ping event.
@@ -204,7 +205,7 @@ def parse_occurred_at(value: str) -> int | None:
     except (ValueError, OverflowError):
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     d = dt - _EPOCH  # integer arithmetic: float timestamps can be off by one millisecond
     return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
@@ -218,6 +219,10 @@ def _text(v: Any) -> str | None:
         return v
     except UnicodeEncodeError:
         return v.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 def _ref_id(v: Any) -> str | None:
@@ -245,9 +250,7 @@ def to_record(envelope: dict[str, Any], *, raw_body: bytes, subscription: str, w
     data: dict[str, Any] = ev["data"]
     data_type = data["type"]
     is_incident = data_type == "incident"
-    agent = ev.get("agent") if isinstance(ev.get("agent"), dict) else {}
-    client = ev.get("client") if isinstance(ev.get("client"), dict) else {}
-    priority = data.get("priority") if isinstance(data.get("priority"), dict) else {}
+    agent, client, priority = _obj(ev.get("agent")), _obj(ev.get("client")), _obj(data.get("priority"))
 
     if is_incident:
         incident_id = _text(data.get("id"))
@@ -328,7 +331,7 @@ class WebhookDedup:
         try:
             won = await asyncio.wait_for(r.set(self.key(subscription, dedup_id), b"1", nx=True, ex=self.ttl_s),
                                          self.timeout_s)
-        except Exception as e:  # ConnectionError, TimeoutError, auth...: never lose the event over it
+        except Exception as e:  # noqa: BLE001 - ConnectionError, timeout, auth...: never lose the event over it
             log.warning("webhook dedup unavailable (%s); recording without dedup", type(e).__name__)
             return UNAVAILABLE
         return FIRST if won else DUPLICATE
@@ -341,7 +344,7 @@ class WebhookDedup:
         try:
             await asyncio.wait_for(r.delete(self.key(subscription, dedup_id)), self.timeout_s)
             return True
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - best effort, logged
             log.warning("could not release a webhook dedup claim (%s): its retry will be taken for a duplicate",
                         type(e).__name__)
             return False
@@ -351,7 +354,8 @@ class WebhookDedup:
 class WebhookMetrics:
     """Counters in a worker's own registry (one set per registry)."""
 
-    _by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, WebhookMetrics]" = weakref.WeakKeyDictionary()
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, WebhookMetrics]] = \
+        weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -372,7 +376,7 @@ class WebhookMetrics:
                                          registry=r)
 
     @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> "WebhookMetrics":
+    def for_registry(cls, registry: CollectorRegistry) -> WebhookMetrics:
         m = cls._by_registry.get(registry)
         if m is None:
             m = cls._by_registry[registry] = cls(registry)
@@ -382,7 +386,7 @@ class WebhookMetrics:
 # --- the HTTP handler -------------------------------------------------------------------------------
 @dataclass
 class WebhookReceiver:
-    secrets_for: Callable[[str], Sequence["Secret"] | None]  # subscription name -> secrets; None: unknown
+    secrets_for: Callable[[str], Sequence[Secret] | None]  # subscription name -> secrets; None: unknown
     dedup: WebhookDedup
     produce: Callable[[bytes, bytes], Awaitable[None]]  # (key, value); returns once acks=all answered
     metrics: WebhookMetrics
@@ -390,7 +394,7 @@ class WebhookReceiver:
     ingress_counter: Any = None  # pagerstream_ingress_requests{source,status}, shared with the other routes
 
     @classmethod
-    def for_pipeline(cls, p: Any) -> "WebhookReceiver":
+    def for_pipeline(cls, p: Any) -> WebhookReceiver:
         """Wire to a streams.app.Pipeline: its settings, Redis client, Faust producer and metrics."""
         topic_holder: list[Any] = []
 
@@ -466,7 +470,7 @@ class WebhookReceiver:
             self.metrics.dedup_unavailable.inc()
         try:
             await self.produce(record_key(rec), value)
-        except Exception as e:  # Kafka down or slow: PagerDuty retries 5xx, so let the retry through dedup
+        except Exception as e:  # noqa: BLE001 - Kafka down or slow: PagerDuty retries a 5xx; let it through
             log.warning("PagerDuty webhook for %r not recorded: %s", name, type(e).__name__)
             if claim == FIRST:
                 await self.dedup.release(name, dedup_id)

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pagerstream.schemas.codec import registry
 from prometheus_client.parser import text_string_to_metric_families
 
 from pagerstream.localrun import free_port
 from pagerstream.pagerduty.webhooks import sign_body
-from pagerstream.schemas.codec import registry
 from tests.conftest import WorkerFactory
 from tests.integration.helpers import read_topic
 from tests.stack import kafka_bootstrap
@@ -116,7 +116,7 @@ def test_signed_examples_land_on_the_topic_with_their_fields(hook_worker):
         ev = json.loads(body)["event"]
         data = ev["data"]
         assert r["raw"][:2] == b"\xc3\x01" and r["raw"][2:10] == fp, f.name
-        assert v["_schema"] == "PagerDutyWebhook"
+        assert v["_schema"] == "io.pagerstream.v1.PagerDutyWebhook"
         assert (v["event_id"], v["event_type"], v["resource_type"], v["data_type"]) == \
             (ev["id"], ev["event_type"], ev["resource_type"], data["type"]), f.name
         assert (v["subscription"], v["pd_subscription_id"]) == ("ops", "PXSUIZH")
@@ -264,3 +264,86 @@ def test_with_redis_down_every_delivery_is_still_recorded(workers):
     c = counters(w)
     assert c[("pagerstream_pagerduty_webhooks_dedup_unavailable_total", ())] == 2
     assert c.get(("pagerstream_pagerduty_webhooks_duplicates_total", (("subscription", "ops"),)), 0) == 0
+
+
+def test_when_kafka_refuses_the_answer_is_503_and_the_retry_is_recorded(stack):
+    """The receiver in-process, against the real Redis, a Kafka address nobody listens on, then the real
+    Kafka: a delivery Kafka did not take must not leave its webhook id claimed, or PagerDuty's retry
+    would be answered 'duplicate' and the event lost."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from pagerstream.schemas.codec import AvroCodec
+    from prometheus_client import CollectorRegistry
+
+    from pagerstream.config import Secret
+    from pagerstream.pagerduty.webhooks import WebhookDedup, WebhookMetrics, WebhookReceiver
+    from tests.stack import redis_url
+
+    run = uuid.uuid4().hex[:8]
+    topic = f"it-pdwh-{run}.pagerduty.webhooks"
+    body, wid = ping(), str(uuid.uuid4())
+    kafka = {"bootstrap": f"127.0.0.1:{free_port()}"}  # first: nothing listening there
+
+    reg = CollectorRegistry()
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 2, 1)])
+        finally:
+            await admin.close()
+
+        async def produce(key: bytes, value: bytes) -> None:
+            p = AIOKafkaProducer(bootstrap_servers=kafka["bootstrap"], acks="all", request_timeout_ms=3000)
+            await p.start()
+            try:
+                await p.send_and_wait(topic, value, key=key)
+            finally:
+                await p.stop()
+
+        r = aioredis.from_url(redis_url(), socket_timeout=2, socket_connect_timeout=2)
+        dedup = WebhookDedup(r, namespace=f"it-{run}.")
+        metrics = WebhookMetrics(reg)
+        rx = WebhookReceiver(secrets_for=lambda n: (Secret(SECRET),) if n == "ops" else None, dedup=dedup,
+                             produce=produce, metrics=metrics, codec=AvroCodec("pagerduty_webhook"))
+        app = web.Application()
+        app.router.add_post("/pagerduty/webhooks/{subscription}", rx.handle)
+        headers = {"X-PagerDuty-Signature": sign_body(body, SECRET), "X-Webhook-Id": wid}
+        statuses, claimed = [], []
+        try:
+            async with TestClient(TestServer(app)) as client:
+                resp = await client.post("/pagerduty/webhooks/ops", data=body, headers=headers)
+                statuses.append(resp.status)
+                claimed.append(await r.exists(dedup.key("ops", wid)))
+                kafka["bootstrap"] = kafka_bootstrap()  # Kafka is back; PagerDuty retries
+                for _ in range(2):
+                    resp = await client.post("/pagerduty/webhooks/ops", data=body, headers=headers)
+                    statuses.append(resp.status)
+                claimed.append(await r.exists(dedup.key("ops", wid)))
+        finally:
+            await r.delete(dedup.key("ops", wid))
+            await r.aclose()
+        return statuses, claimed
+
+    statuses, claimed = asyncio.run(scenario())
+    assert statuses == [503, 202, 200]
+    assert claimed == [0, 1]  # released after the 503, held after the 202
+    assert reg.get_sample_value("pagerstream_pagerduty_webhooks_rejected_total", {"reason": "kafka_unavailable"}) == 1
+    got = read_topic(kafka_bootstrap(), topic, idle=2.0)
+    assert len(got) == 1 and got[0]["value"]["webhook_id"] == wid
+
+    async def drop_topic() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+        await admin.start()
+        try:
+            await admin.delete_topics([topic])
+        finally:
+            await admin.close()
+
+    asyncio.run(drop_topic())

@@ -9,14 +9,15 @@ point query (``oncall_at``), which takes a different code path from the sweep re
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pagerstream.pagerduty.oncall import (
@@ -33,7 +34,6 @@ from pagerstream.pagerduty.oncall import (
     resolve_time_zone,
 )
 
-UTC = timezone.utc
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CONTRACTS = SHARED / "contracts" / "pagerduty"
 NEEDS_SHARED = pytest.mark.skipif(
@@ -65,13 +65,18 @@ def daily(start, seconds):
 
 
 def weekly(day, start, seconds):
-    return {"type": "weekly_restriction", "start_day_of_week": day, "start_time_of_day": start,
-            "duration_seconds": seconds}
+    return {
+        "type": "weekly_restriction",
+        "start_day_of_week": day,
+        "start_time_of_day": start,
+        "duration_seconds": seconds,
+    }
 
 
 def schedule(tz, layers, overrides=None, **kw):
-    return parse_schedule({"type": "schedule", "time_zone": tz, "schedule_layers": layers},
-                          overrides=overrides, **kw)
+    return parse_schedule(
+        {"type": "schedule", "time_zone": tz, "schedule_layers": layers}, overrides=overrides, **kw
+    )
 
 
 def override(start, end, user):
@@ -145,17 +150,22 @@ def test_business_hours_restriction_coverage_and_gaps():
     assert r.layers[0].rendered_coverage_percentage == pytest.approx(100 * 40 / 168)
     # Gaps: before Monday 09:00, each night 17:00-09:00, and Friday 17:00 to the end.
     expected_gaps = [(since, at("America/New_York", 2024, 6, 3, 9))]
-    expected_gaps += [(at("America/New_York", 2024, 6, d, 17), at("America/New_York", 2024, 6, d + 1, 9))
-                      for d in range(3, 7)]
+    expected_gaps += [
+        (at("America/New_York", 2024, 6, d, 17), at("America/New_York", 2024, 6, d + 1, 9))
+        for d in range(3, 7)
+    ]
     expected_gaps += [(at("America/New_York", 2024, 6, 7, 17), until)]
-    assert [(a.astimezone(UTC), b.astimezone(UTC)) for a, b in r.gaps] == \
-        [(a.astimezone(UTC), b.astimezone(UTC)) for a, b in expected_gaps]
+    assert [(a.astimezone(UTC), b.astimezone(UTC)) for a, b in r.gaps] == [
+        (a.astimezone(UTC), b.astimezone(UTC)) for a, b in expected_gaps
+    ]
     assert find_gaps(r.final, since, until) == list(r.gaps)
     assert coverage_percentage(r.final, since, until) == pytest.approx(r.final_coverage_percentage)
     # Nobody at 08:00 Monday; coverage starts at 09:00.
     assert s.oncall_at(at("America/New_York", 2024, 6, 3, 8)) is None
     assert s.next_change_after(at("America/New_York", 2024, 6, 3, 8)) == at("America/New_York", 2024, 6, 3, 9)
-    assert s.next_change_after(at("America/New_York", 2024, 6, 3, 10)) == at("America/New_York", 2024, 6, 3, 17)
+    assert s.next_change_after(at("America/New_York", 2024, 6, 3, 10)) == at(
+        "America/New_York", 2024, 6, 3, 17
+    )
 
 
 def test_weekend_only_weekly_restriction():
@@ -218,8 +228,9 @@ def test_layer_order_of_get_responses_is_reversed():
     # ... while the reversed array read as a response is the same schedule as the request body.
     flipped = schedule("UTC", list(reversed(TWO_LAYERS)), layer_order="response")
     assert [l.name for l in flipped.layers] == ["Layer 1", "Layer 2"]
-    assert flipped.final_entries("2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z") == \
-        schedule("UTC", TWO_LAYERS).final_entries("2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z")
+    assert flipped.final_entries("2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z") == schedule(
+        "UTC", TWO_LAYERS
+    ).final_entries("2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z")
 
 
 def test_override_on_top_and_overlapping_overrides():
@@ -234,8 +245,10 @@ def test_override_on_top_and_overlapping_overrides():
     # A second override D inside C's starts later, so it wins for its 15 minutes (rule R6),
     # whatever the order of the list.
     for order in (1, -1):
-        ovs = [override("2024-01-02T12:30:00Z", "2024-01-02T14:00:00Z", "C"),
-               override("2024-01-02T13:00:00Z", "2024-01-02T13:15:00Z", "D")][::order]
+        ovs = [
+            override("2024-01-02T12:30:00Z", "2024-01-02T14:00:00Z", "C"),
+            override("2024-01-02T13:00:00Z", "2024-01-02T13:15:00Z", "D"),
+        ][::order]
         s2 = s.with_overrides(ovs)
         r = s2.render("2024-01-02T12:00:00Z", "2024-01-02T15:00:00Z")
         assert triples(r.final) == [
@@ -254,8 +267,18 @@ def test_layer_start_and_end_bound_the_rotation():
     # rvs lies before the layer start (allowed: "can be before the start time of the
     # schedule"); turns are still counted from rvs, but nothing shows before start / after end.
     # rvs Jan 1, daily A,B,C -> Jan 4 is day 3 -> A, Jan 5 -> B.  Layer lives Jan 4 12:00 - Jan 5 06:00.
-    s = schedule("UTC", [layer("2024-01-01T00:00:00Z", DAY, ["A", "B", "C"],
-                               start="2024-01-04T12:00:00Z", end="2024-01-05T06:00:00Z")])
+    s = schedule(
+        "UTC",
+        [
+            layer(
+                "2024-01-01T00:00:00Z",
+                DAY,
+                ["A", "B", "C"],
+                start="2024-01-04T12:00:00Z",
+                end="2024-01-05T06:00:00Z",
+            )
+        ],
+    )
     r = s.render("2024-01-04T00:00:00Z", "2024-01-06T00:00:00Z")
     assert triples(r.final) == [
         (utc(2024, 1, 4, 12), utc(2024, 1, 5), "A"),
@@ -281,11 +304,15 @@ def test_merge_adjacent_entries_of_same_user():
     assert triples(s.final_entries("2024-01-02T06:00:00Z", "2024-01-05T06:00:00Z")) == [
         (utc(2024, 1, 2, 6), utc(2024, 1, 5, 6), "A"),
     ]
-    pieces = [ScheduleEntry(utc(2024, 1, 1), utc(2024, 1, 2), "A"),
-              ScheduleEntry(utc(2024, 1, 2), utc(2024, 1, 3), "A"),
-              ScheduleEntry(utc(2024, 1, 3), utc(2024, 1, 4), "B")]
+    pieces = [
+        ScheduleEntry(utc(2024, 1, 1), utc(2024, 1, 2), "A"),
+        ScheduleEntry(utc(2024, 1, 2), utc(2024, 1, 3), "A"),
+        ScheduleEntry(utc(2024, 1, 3), utc(2024, 1, 4), "B"),
+    ]
     assert triples(merge_entries(reversed(pieces))) == [
-        (utc(2024, 1, 1), utc(2024, 1, 3), "A"), (utc(2024, 1, 3), utc(2024, 1, 4), "B")]
+        (utc(2024, 1, 1), utc(2024, 1, 3), "A"),
+        (utc(2024, 1, 3), utc(2024, 1, 4), "B"),
+    ]
 
 
 def test_overflow_returns_whole_shift_bounded_by_restriction_and_handoff():
@@ -294,12 +321,14 @@ def test_overflow_returns_whole_shift_bounded_by_restriction_and_handoff():
     # window bounds the shift) ...
     s = schedule("UTC", [layer("2024-01-01T00:00:00Z", DAY, ["A", "B"], [daily("09:00:00", 8 * 3600)])])
     assert triples(s.final_entries("2024-01-02T10:00:00Z", "2024-01-02T11:00:00Z", overflow=True)) == [
-        (utc(2024, 1, 2, 9), utc(2024, 1, 2, 17), "B")]
+        (utc(2024, 1, 2, 9), utc(2024, 1, 2, 17), "B")
+    ]
     # ... and a one-user daily layer overflows to the turn (handoff) boundaries, not to the
     # merged run of identical users.
     one = schedule("UTC", [layer("2024-01-01T00:00:00Z", DAY, ["A"])])
     assert triples(one.final_entries("2024-01-02T10:00:00Z", "2024-01-04T11:00:00Z", overflow=True)) == [
-        (utc(2024, 1, 2), utc(2024, 1, 5), "A")]
+        (utc(2024, 1, 2), utc(2024, 1, 5), "A")
+    ]
     # Higher layers hide part of a shift: with TWO_LAYERS, A's shift seen from 13:30 starts
     # where B's hour ends (13:00) and runs to A's weekly handoff on Monday Jan 8.
     two = schedule("UTC", TWO_LAYERS)
@@ -315,9 +344,10 @@ def test_overflow_contract_vectors(case_index):
     s = parse_schedule(vectors["schedule"])
     q = case["query"]
     got = s.final_entries(q["since"], q["until"], overflow=q["overflow"])
-    want = [(datetime.fromisoformat(e["start"].replace("Z", "+00:00")),
-             datetime.fromisoformat(e["end"].replace("Z", "+00:00")), e["user_id"])
-            for e in case["expect_final_schedule_entries"]]
+    want = [
+        (datetime.fromisoformat(e["start"]), datetime.fromisoformat(e["end"]), e["user_id"])
+        for e in case["expect_final_schedule_entries"]
+    ]
     assert triples(got) == want  # compares instants (the vector's caveat)
     # The layer rendering obeys the same rule.
     assert triples(s.render(q["since"], q["until"], overflow=q["overflow"]).layers[0].entries) == want
@@ -341,7 +371,7 @@ def test_parses_the_spec_example_schedule():
 @NEEDS_SHARED
 def test_activesupport_zone_names_match_the_types_page():
     types_md = CONTRACTS / "developer-docs" / "REST-API" / "06-Types.md"
-    rows = re.findall(r"^\|\s*([A-Za-z_]+/[\w/+-]+)\s*\|\s*(.+?)\s*\|$", types_md.read_text(), re.M)
+    rows = re.findall(r"^\|\s*([A-Za-z_]+/[\w/+-]+)\s*\|\s*(.+?)\s*\|$", types_md.read_text(), re.MULTILINE)
     assert len(rows) > 100
     for iana, display in rows:
         assert ACTIVESUPPORT_ZONES.get(display) == iana, display
@@ -352,9 +382,17 @@ def test_invalid_input_is_rejected():
     with pytest.raises(ValueError):
         schedule("UTC", [layer("2024-01-01T00:00:00Z", 0, ["A"])])
     with pytest.raises(ValueError):  # weekly needs a day of week
-        schedule("UTC", [layer("2024-01-01T00:00:00Z", DAY, ["A"],
-                               [{"type": "weekly_restriction", "start_time_of_day": "09:00:00",
-                                 "duration_seconds": 60}])])
+        schedule(
+            "UTC",
+            [
+                layer(
+                    "2024-01-01T00:00:00Z",
+                    DAY,
+                    ["A"],
+                    [{"type": "weekly_restriction", "start_time_of_day": "09:00:00", "duration_seconds": 60}],
+                )
+            ],
+        )
     with pytest.raises(ValueError):
         schedule("Mars/Olympus_Mons", [])
     s = schedule("UTC", [layer("2024-01-01T00:00:00Z", DAY, ["A"])])
@@ -403,7 +441,7 @@ def test_new_york_business_hours_across_both_switches():
     # EST = UTC-5, EDT = UTC-4.  2024-03-10 02:00 EST -> 03:00 EDT; 2024-11-03 02:00 EDT -> 01:00 EST.
     s = restricted(NEW_YORK, "09:00:00", 8 * 3600, "2024-01-01T00:00:00-05:00")
     assert triples(s.final_entries("2024-03-09T00:00:00Z", "2024-03-11T00:00:00Z")) == [
-        (utc(2024, 3, 9, 14), utc(2024, 3, 9, 22), "A"),   # EST
+        (utc(2024, 3, 9, 14), utc(2024, 3, 9, 22), "A"),  # EST
         (utc(2024, 3, 10, 13), utc(2024, 3, 10, 21), "A"),  # EDT
     ]
     assert triples(s.final_entries("2024-11-02T00:00:00Z", "2024-11-04T00:00:00Z")) == [
@@ -425,7 +463,8 @@ def test_restriction_starting_in_the_skipped_hour():
     # Same in Berlin (2024-03-31, 02:00 -> 03:00): 02:30 starts at 03:00 CEST = 01:00Z.
     s = restricted(BERLIN, "02:30:00", 3600, "2024-03-01T00:00:00+01:00")
     assert triples(s.final_entries("2024-03-31T00:00:00Z", "2024-03-31T12:00:00Z")) == [
-        (utc(2024, 3, 31, 1), utc(2024, 3, 31, 1, 30), "A")]
+        (utc(2024, 3, 31, 1), utc(2024, 3, 31, 1, 30), "A")
+    ]
 
 
 def test_restriction_in_the_repeated_hour():
@@ -441,7 +480,8 @@ def test_restriction_in_the_repeated_hour():
     # Berlin 2024-10-27: 02:30 first at 00:30Z (CEST), window ends 03:30 CET = 02:30Z.
     s = restricted(BERLIN, "02:30:00", 3600, "2024-10-01T00:00:00+02:00")
     assert triples(s.final_entries("2024-10-27T00:00:00Z", "2024-10-27T12:00:00Z")) == [
-        (utc(2024, 10, 27, 0, 30), utc(2024, 10, 27, 2, 30), "A")]
+        (utc(2024, 10, 27, 0, 30), utc(2024, 10, 27, 2, 30), "A")
+    ]
 
 
 def test_overnight_restriction_spanning_spring_forward_is_wall_clock():
@@ -469,9 +509,15 @@ def test_new_york_daily_rotation_spring_forward():
     layers = [layer("2024-03-01T09:00:00-05:00", DAY, ["A", "B"])]
     since, until = "2024-03-09T12:00:00Z", "2024-03-11T18:00:00Z"
     assert handoffs(schedule(NEW_YORK, layers), since, until) == [
-        (utc(2024, 3, 9, 14), "A"), (utc(2024, 3, 10, 14), "B"), (utc(2024, 3, 11, 14), "A")]
+        (utc(2024, 3, 9, 14), "A"),
+        (utc(2024, 3, 10, 14), "B"),
+        (utc(2024, 3, 11, 14), "A"),
+    ]
     assert handoffs(schedule(NEW_YORK, layers, turn_clock="wall"), since, until) == [
-        (utc(2024, 3, 9, 14), "A"), (utc(2024, 3, 10, 13), "B"), (utc(2024, 3, 11, 13), "A")]
+        (utc(2024, 3, 9, 14), "A"),
+        (utc(2024, 3, 10, 13), "B"),
+        (utc(2024, 3, 11, 13), "A"),
+    ]
 
 
 def test_new_york_daily_rotation_fall_back():
@@ -480,10 +526,16 @@ def test_new_york_daily_rotation_fall_back():
     layers = [layer("2024-11-01T09:00:00-04:00", DAY, ["A", "B"])]
     since, until = "2024-11-02T00:00:00Z", "2024-11-04T20:00:00Z"
     assert handoffs(schedule(NEW_YORK, layers), since, until) == [
-        (utc(2024, 11, 2, 13), "B"), (utc(2024, 11, 3, 13), "A"), (utc(2024, 11, 4, 13), "B")]
+        (utc(2024, 11, 2, 13), "B"),
+        (utc(2024, 11, 3, 13), "A"),
+        (utc(2024, 11, 4, 13), "B"),
+    ]
     wall = schedule(NEW_YORK, layers, turn_clock="wall")
     assert handoffs(wall, since, until) == [
-        (utc(2024, 11, 2, 13), "B"), (utc(2024, 11, 3, 14), "A"), (utc(2024, 11, 4, 14), "B")]
+        (utc(2024, 11, 2, 13), "B"),
+        (utc(2024, 11, 3, 14), "A"),
+        (utc(2024, 11, 4, 14), "B"),
+    ]
     assert wall.next_change_after(utc(2024, 11, 2, 13)) - utc(2024, 11, 2, 13) == timedelta(hours=25)
 
 
@@ -514,8 +566,9 @@ def test_escalation_with_the_spec_examples():
     ep = json.loads((CONTRACTS / "rest-examples" / "getEscalationPolicy.json").read_text())
     policy = ep["response_examples"]["200"]["response"]
     sched_doc = json.loads((CONTRACTS / "rest-examples" / "getSchedule.json").read_text())
-    schedules = {"PI7DH85": parse_schedule(sched_doc["response_examples"]["200"]["response"],
-                                           layer_order="response")}
+    schedules = {
+        "PI7DH85": parse_schedule(sched_doc["response_examples"]["200"]["response"], layer_order="response")
+    }
     noon = resolve_escalation(policy, schedules, "2015-11-09T12:00:00-05:00")
     assert [(lv.level, lv.user_ids) for lv in noon] == [(1, ("PAM4FGS", "PXPGF42"))]
     evening = resolve_escalation(policy, schedules, "2015-11-09T20:00:00-05:00")
@@ -525,15 +578,27 @@ def test_escalation_with_the_spec_examples():
 def test_escalation_timeline_with_gaps_and_loops():
     day = schedule("UTC", [layer("2024-01-01T00:00:00Z", DAY, ["D1", "D2"], [daily("09:00:00", 8 * 3600)])])
     always = schedule("UTC", [layer("2024-01-01T00:00:00Z", WEEK, ["N1"])])
-    policy = {"escalation_policy": {
-        "num_loops": 1,
-        "escalation_rules": [
-            {"id": "R1", "escalation_delay_in_minutes": 10,
-             "targets": [{"id": "SDAY", "type": "schedule_reference"}]},
-            {"id": "R2", "escalation_delay_in_minutes": 15,
-             "targets": [{"id": "U9", "type": "user_reference"}, {"id": "SALL", "type": "schedule_reference"},
-                         {"id": "GONE", "type": "schedule_reference"}]},
-        ]}}
+    policy = {
+        "escalation_policy": {
+            "num_loops": 1,
+            "escalation_rules": [
+                {
+                    "id": "R1",
+                    "escalation_delay_in_minutes": 10,
+                    "targets": [{"id": "SDAY", "type": "schedule_reference"}],
+                },
+                {
+                    "id": "R2",
+                    "escalation_delay_in_minutes": 15,
+                    "targets": [
+                        {"id": "U9", "type": "user_reference"},
+                        {"id": "SALL", "type": "schedule_reference"},
+                        {"id": "GONE", "type": "schedule_reference"},
+                    ],
+                },
+            ],
+        }
+    }
     schedules = {"SDAY": day, "SALL": always}
     # Triggered Jan 2 08:55Z: SDAY has nobody until 09:00 -> level 1 pages nobody and the
     # incident moves on at once (R9); level 2 at 08:55 pages U9 and N1; after 15 min the policy
@@ -562,8 +627,11 @@ def test_escalation_timeline_with_gaps_and_loops():
 def test_rotation_virtual_start_years_back_is_not_iterated(clock):
     # rvs five years before the window with hourly turns: 5 * 8760 = 43800 turns since rvs.
     # A one-day window with a 09:00-17:00 restriction must visit about 8 turns, not 43800.
-    s = schedule(BERLIN, [layer("2019-06-03T09:00:00+02:00", 3600, ["A", "B", "C"],
-                                [daily("09:00:00", 8 * 3600)])], turn_clock=clock)
+    s = schedule(
+        BERLIN,
+        [layer("2019-06-03T09:00:00+02:00", 3600, ["A", "B", "C"], [daily("09:00:00", 8 * 3600)])],
+        turn_clock=clock,
+    )
     stats = RenderStats()
     entries = s.final_entries("2024-06-05T00:00:00+02:00", "2024-06-06T00:00:00+02:00", stats=stats)
     assert len(entries) == 8
@@ -587,7 +655,9 @@ def iso(ts):
 
 
 minute_instants = st.integers(T0 // 60, T1 // 60).map(lambda m: m * 60)
-turn_lengths = st.sampled_from([1800, 3600, 4 * 3600, 12 * 3600, DAY, 2 * DAY, WEEK]) | st.integers(600, 3 * WEEK)
+turn_lengths = st.sampled_from([1800, 3600, 4 * 3600, 12 * 3600, DAY, 2 * DAY, WEEK]) | st.integers(
+    600, 3 * WEEK
+)
 time_of_day = st.integers(0, 1439).map(lambda m: f"{m // 60:02d}:{m % 60:02d}:00")
 restrictions = st.one_of(
     st.builds(daily, time_of_day, st.integers(1, 1439).map(lambda m: m * 60)),
@@ -605,22 +675,48 @@ def layers_st(draw):
         "end": None if end is None else iso(end),
         "rotation_virtual_start": iso(rvs),
         "rotation_turn_length_seconds": draw(turn_lengths),
-        "users": [{"user": {"id": u}} for u in draw(st.lists(st.sampled_from(USERS), min_size=1, max_size=3))],
+        "users": [
+            {"user": {"id": u}} for u in draw(st.lists(st.sampled_from(USERS), min_size=1, max_size=3))
+        ],
         "restrictions": draw(st.lists(restrictions, max_size=3)),
     }
 
 
+# 2024 DST switches of Europe/Berlin and America/New_York, to aim windows at them.
+DST_SWITCHES = [
+    int(utc(*d).timestamp())
+    for d in [(2024, 3, 10, 7), (2024, 3, 31, 1), (2024, 10, 27, 1), (2024, 11, 3, 6)]
+]
+
+
 @st.composite
-def scenario(draw, clocks=("elapsed", "wall")):
-    since = draw(st.integers(int(utc(2024, 1, 1).timestamp()) // 60, int(utc(2024, 12, 20).timestamp()) // 60)) * 60
+def scenario(draw, clocks=("elapsed", "wall"), zones=ZONES, near_switch=False):
+    if near_switch:
+        since = draw(st.sampled_from(DST_SWITCHES)) + draw(st.integers(-3 * 1440, 0)) * 60
+    else:
+        since = (
+            draw(
+                st.integers(int(utc(2024, 1, 1).timestamp()) // 60, int(utc(2024, 12, 20).timestamp()) // 60)
+            )
+            * 60
+        )
     until = since + draw(st.integers(60, 21 * 1440)) * 60
     ovs = []
     for _ in range(draw(st.integers(0, 3))):
         o_start = since + draw(st.integers(-1440, (until - since) // 60)) * 60
-        ovs.append(override(iso(o_start), iso(o_start + draw(st.integers(1, 3 * 1440)) * 60),
-                            draw(st.sampled_from(["O1", "O2", "U1"]))))
-    sched = schedule(draw(st.sampled_from(ZONES)), draw(st.lists(layers_st(), min_size=1, max_size=3)),
-                     overrides=ovs, turn_clock=draw(st.sampled_from(clocks)))
+        ovs.append(
+            override(
+                iso(o_start),
+                iso(o_start + draw(st.integers(1, 3 * 1440)) * 60),
+                draw(st.sampled_from(["O1", "O2", "U1"])),
+            )
+        )
+    sched = schedule(
+        draw(st.sampled_from(zones)),
+        draw(st.lists(layers_st(), min_size=1, max_size=3)),
+        overrides=ovs,
+        turn_clock=draw(st.sampled_from(clocks)),
+    )
     fracs = draw(st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=12))
     samples = [since + int(f * (until - since)) for f in fracs]
     return sched, since, until, samples
@@ -681,7 +777,10 @@ def oracle_user(sched_doc_layers, overrides, tz, ts):
 def near_dst_switch(tz, ts):
     # Offsets 9 days either side differ -> a switch lies within reach of a restriction window.
     z = ZoneInfo(tz)
-    return datetime.fromtimestamp(ts - 9 * DAY, z).utcoffset() != datetime.fromtimestamp(ts + 9 * DAY, z).utcoffset()
+    return (
+        datetime.fromtimestamp(ts - 9 * DAY, z).utcoffset()
+        != datetime.fromtimestamp(ts + 9 * DAY, z).utcoffset()
+    )
 
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -694,12 +793,13 @@ def test_final_entries_are_sorted_disjoint_merged_and_inside_window(sc):
     entries = sched.final_entries(iso(since), iso(until))
     for e in entries:
         assert since <= e.start.timestamp() < e.end.timestamp() <= until
-    for a, b in zip(entries, entries[1:]):
-        assert a.end <= b.start
-        assert not (a.end == b.start and a.user_id == b.user_id)  # would have been merged
+    # Compare instants (.timestamp()): datetimes sharing a tzinfo compare by wall time.
+    for a, b in itertools.pairwise(entries):
+        assert a.end.timestamp() <= b.start.timestamp()
+        assert not (a.end.timestamp() == b.start.timestamp() and a.user_id == b.user_id)  # unmerged
     for lay in sched.render(iso(since), iso(until)).layers:
-        for a, b in zip(lay.entries, lay.entries[1:]):
-            assert a.end <= b.start
+        for a, b in itertools.pairwise(lay.entries):
+            assert a.end.timestamp() <= b.start.timestamp()
 
 
 @PROPS
@@ -708,15 +808,24 @@ def test_final_schedule_matches_brute_force_oracle(sc, data):
     sched, since, until, samples = sc
     # Rebuild the raw layer/override documents the scenario was parsed from.
     layers_doc = [
-        {"start": iso(l.start), "end": None if l.end is None else iso(l.end),
-         "rotation_virtual_start": iso(l.rotation_virtual_start),
-         "rotation_turn_length_seconds": l.rotation_turn_length_seconds,
-         "users": [{"user": {"id": u}} for u in l.users],
-         "restrictions": [
-             {"type": r.type, "duration_seconds": r.duration_seconds, "start_day_of_week": r.start_day_of_week,
-              "start_time_of_day": f"{r.start_time_of_day // 3600:02d}:{r.start_time_of_day % 3600 // 60:02d}:00"}
-             for r in l.restrictions]}
-        for l in sched.layers]
+        {
+            "start": iso(l.start),
+            "end": None if l.end is None else iso(l.end),
+            "rotation_virtual_start": iso(l.rotation_virtual_start),
+            "rotation_turn_length_seconds": l.rotation_turn_length_seconds,
+            "users": [{"user": {"id": u}} for u in l.users],
+            "restrictions": [
+                {
+                    "type": r.type,
+                    "duration_seconds": r.duration_seconds,
+                    "start_day_of_week": r.start_day_of_week,
+                    "start_time_of_day": f"{r.start_time_of_day // 3600:02d}:{r.start_time_of_day % 3600 // 60:02d}:00",
+                }
+                for r in l.restrictions
+            ],
+        }
+        for l in sched.layers
+    ]
     ovs_doc = [override(iso(o.start), iso(o.end), o.user_id) for o in sched.overrides]
     entries = sched.final_entries(iso(since), iso(until))
     tz = ZoneInfo(sched.time_zone)
@@ -760,6 +869,19 @@ def test_oncall_at_agrees_with_rendered_entries(sc):
 
 
 @PROPS
+@given(scenario(zones=[BERLIN, NEW_YORK], near_switch=True))
+def test_oncall_at_agrees_with_rendered_entries_across_dst_switches(sc):
+    # Windows that start up to 3 days before a 2024 switch, so restrictions, wall-clock turns
+    # and overrides straddle skipped and repeated hours.
+    test_oncall_at_agrees_with_rendered_entries.hypothesis.inner_test(sc)
+    sched, since, until, _ = sc
+    mid = (since + until) // 2
+    whole = sched.final_entries(iso(since), iso(until))
+    parts = list(sched.final_entries(iso(since), iso(mid))) + list(sched.final_entries(iso(mid), iso(until)))
+    assert triples(merge_entries(parts)) == triples(whole)
+
+
+@PROPS
 @given(scenario(), st.floats(0, 1))
 def test_rendering_is_additive_over_split_windows(sc, frac):
     sched, since, until, _ = sc
@@ -770,9 +892,15 @@ def test_rendering_is_additive_over_split_windows(sc, frac):
 
 
 @PROPS
-@given(minute_instants, turn_lengths, st.lists(st.sampled_from(USERS), min_size=1, max_size=4),
-       st.sampled_from(ZONES), st.sampled_from(["elapsed", "wall"]),
-       st.integers(1, 60 * 1440), st.integers(0, 400 * 1440))
+@given(
+    minute_instants,
+    turn_lengths,
+    st.lists(st.sampled_from(USERS), min_size=1, max_size=4),
+    st.sampled_from(ZONES),
+    st.sampled_from(["elapsed", "wall"]),
+    st.integers(1, 60 * 1440),
+    st.integers(0, 400 * 1440),
+)
 def test_single_unrestricted_layer_covers_everything(rvs, turn, users, tz, clock, length_min, offset_min):
     s = schedule(tz, [layer(iso(rvs), turn, users)], turn_clock=clock)
     since = rvs + offset_min * 60
@@ -802,8 +930,12 @@ def test_next_change_after_agrees_with_oncall_at(sc, frac):
         assert sched.oncall_at(change) != now
         assert sched.oncall_at(datetime.fromtimestamp(c - 1, UTC)) == now
         # No change strictly inside (t, c): every entry boundary in there keeps the same user.
-        assert all(e.start.timestamp() >= c or e.end.timestamp() <= t or
-                   (e.start.timestamp() <= t and e.end.timestamp() >= c) for e in entries)
+        assert all(
+            e.start.timestamp() >= c
+            or e.end.timestamp() <= t
+            or (e.start.timestamp() <= t and e.end.timestamp() >= c)
+            for e in entries
+        )
 
 
 @PROPS
@@ -812,8 +944,14 @@ def test_overflow_entries_clip_back_to_the_plain_rendering(sc):
     sched, since, until, _ = sc
     plain = sched.final_entries(iso(since), iso(until))
     over = sched.final_entries(iso(since), iso(until), overflow=True)
-    clipped = [ScheduleEntry(max(e.start, datetime.fromtimestamp(since, UTC)),
-                             min(e.end, datetime.fromtimestamp(until, UTC)), e.user_id) for e in over]
+    clipped = [
+        ScheduleEntry(
+            max(e.start, datetime.fromtimestamp(since, UTC)),
+            min(e.end, datetime.fromtimestamp(until, UTC)),
+            e.user_id,
+        )
+        for e in over
+    ]
     assert triples(merge_entries(clipped)) == triples(plain)
     # The parts outside the window are really that user's time on call.
     if over:
@@ -825,8 +963,14 @@ def test_overflow_entries_clip_back_to_the_plain_rendering(sc):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(5 * 365, 6 * 365), turn_lengths, st.lists(restrictions, max_size=3),
-       st.sampled_from(ZONES), st.sampled_from(["elapsed", "wall"]), st.integers(60, 3 * 1440))
+@given(
+    st.integers(5 * 365, 6 * 365),
+    turn_lengths,
+    st.lists(restrictions, max_size=3),
+    st.sampled_from(ZONES),
+    st.sampled_from(["elapsed", "wall"]),
+    st.integers(60, 3 * 1440),
+)
 def test_far_future_rendering_does_bounded_work(days_back, turn, restr, tz, clock, window_min):
     since = int(utc(2024, 3, 1).timestamp())
     until = since + window_min * 60
@@ -837,8 +981,11 @@ def test_far_future_rendering_does_bounded_work(days_back, turn, restr, tz, cloc
     turns_since_rvs = (until - rvs) // turn
     windows = stats.restriction_windows
     # Each restriction window visits the turns overlapping it: at most (its length / L) + 2.
-    bound = 2 * (windows + 1) + 2 * ((until - since) // turn + 1) + sum(
-        (r["duration_seconds"] // turn + 2) * (window_min // 1440 + 3) for r in restr)
+    bound = (
+        2 * (windows + 1)
+        + 2 * ((until - since) // turn + 1)
+        + sum((r["duration_seconds"] // turn + 2) * (window_min // 1440 + 3) for r in restr)
+    )
     assert stats.turns <= bound
     assert bound < turns_since_rvs or turns_since_rvs < 200  # the bound is meaningful
     assert windows <= sum(1 * ((window_min // 1440) + 12) for _ in restr)

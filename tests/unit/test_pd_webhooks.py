@@ -29,6 +29,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pagerstream.schemas.codec import AvroCodec
 
 from pagerstream.config import ConfigError, Secret, load_settings
 from pagerstream.pagerduty.webhooks import (
@@ -48,7 +49,6 @@ from pagerstream.pagerduty.webhooks import (
     to_record,
     verify_signature,
 )
-from pagerstream.schemas.codec import AvroCodec
 from tests.stack import redis_url
 
 CONTRACTS = Path(__file__).resolve().parents[2].parent / "shared" / "contracts"
@@ -269,7 +269,7 @@ def _as_delivery(path: Path) -> bytes:
 
 
 def _ms(iso: str) -> int:
-    return round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+    return round(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def _convert(raw: bytes, **kw: Any) -> dict[str, Any]:
