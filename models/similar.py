@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from array import array
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 VERSION = "similar-bm25f-1"
+NGRAM_CACHE_DOCS = 4096
 
 DEFAULT_FIELD_WEIGHTS: dict[str, float] = {
     "text": 1.0,
@@ -215,6 +216,7 @@ class IncidentIndex:
         for doc_id, text, fields in live:
             fresh.add(doc_id, text, fields)
         self.__dict__.update(fresh.__dict__)
+        self.__dict__.pop("_ngram_cache", None)  # cached by document position, which just changed
 
     def fields(self, doc_id: str) -> dict[str, Any]:
         i = self._by_id.get(doc_id)
@@ -292,7 +294,7 @@ class IncidentIndex:
     def _ngram_cosine(self, text: str, cand: np.ndarray) -> np.ndarray:
         """Cosine of sublinear-TF x IDF char n-gram vectors; IDF counted over the candidates + query."""
         q = _char_ngrams(text)
-        docs = [_char_ngrams(self._ngram_source(int(i))) for i in cand]
+        docs = [self._doc_ngrams(int(i)) for i in cand]
         all_h, df = np.unique(np.concatenate([q[0]] + [d[0] for d in docs]), return_counts=True)
         idf = np.log((len(docs) + 1) / df) + 1.0
 
@@ -306,6 +308,19 @@ class IncidentIndex:
             _, qi, di = np.intersect1d(q[0], d[0], assume_unique=True, return_indices=True)
             out[j] = float(qw[qi] @ weights(d)[di])
         return out
+
+    def _doc_ngrams(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """A document's char n-grams, cached (LRU): recomputing them for every candidate of every
+        query was 75 % of a query's time at 10,000 documents (cProfile, bench/core.py --models)."""
+        cache = self.__dict__.setdefault("_ngram_cache", OrderedDict())
+        hit = cache.get(i)
+        if hit is not None:
+            cache.move_to_end(i)
+            return hit
+        v = cache[i] = _char_ngrams(self._ngram_source(i))
+        while len(cache) > NGRAM_CACHE_DOCS:
+            cache.popitem(last=False)
+        return v
 
     def _ngram_source(self, i: int) -> str:
         _, text, fields = self._docs[i]

@@ -106,3 +106,22 @@ def test_postmortem_retrieval_meets_goals():
     assert res["r@1"] >= GOALS["r@1"], res
     assert res["mrr"] >= GOALS["mrr"], res
     assert res["r@5"] >= res["r@1"]
+
+
+def test_remove_and_compact_keep_a_sliding_index_correct():
+    from pagerstream.models.similar import IncidentIndex
+
+    idx = IncidentIndex(rerank=5)
+    texts = {f"d{i}": f"{w} outage in region {i % 3}" for i, w in enumerate(
+        ["database", "kafka", "dns", "certificate", "disk", "memory", "network", "payment"])}
+    for d, t in texts.items():
+        idx.add(d, t, {"title": t})
+    assert idx.query("dns outage", k=1)[0][0] == "d2"
+    assert idx.remove("d2") and not idx.remove("d2")
+    assert "d2" not in idx and len(idx) == 7 and idx.tombstones == 1
+    assert all(d != "d2" for d, _, _ in idx.query("dns outage", k=8))
+    before = [(d, round(s, 6)) for d, s, _ in idx.query("disk outage region", k=4)]
+    idx.compact()
+    assert idx.tombstones == 0 and len(idx) == 7
+    assert [(d, round(s, 6)) for d, s, _ in idx.query("disk outage region", k=4)] == before
+    assert idx.fields("d4") == {"title": texts["d4"]} and idx.fields("d2") == {}
