@@ -48,6 +48,11 @@ def main() -> int:
         env = worker_env(app_id=f"pagerstream-demo-{run_id}", prefix=f"demo-{run_id}.",
                          datadir=REPO / ".stack" / f"demo-data-{run_id}", events_url=events_url)
         catalog = str(REPO / "examples" / "catalog.yaml")
+        rules = REPO.parent / "shared" / "data" / "prometheus_alerts" / "rules_flat.jsonl"
+        if rules.exists():  # a cold start for the classifier: every worker loads the published checkpoint
+            print("[demo] training the alert classifier on", rules, "and publishing it to models.checkpoints")
+            subprocess.run([sys.executable, "-m", "pagerstream.cli", "models", "train", "classify", "--data",
+                            str(rules), "--publish"], env=env, check=True)
         print("[demo] starting a worker (topics, catalog, Faust agents, ingress)…")
         worker = start_worker(env, logs, catalog=catalog, port=6066)
         procs.append(worker.proc)
@@ -102,6 +107,10 @@ def main() -> int:
         for line in out.stdout.splitlines()[-12:]:
             v = json.loads(line)["value"]
             print(f"   {v['change']:14} {v['state']:12} {v['incident_id']:22} {v['reason'][:70]}")
+            for sc in (v.get("scores") or []) if v["change"] == "opened" else []:
+                if sc["model"].startswith("classify."):
+                    label = sc["label"] or f"abstained (best {sc['best']})"
+                    print(f"      {sc['model']:18} {label:28} p={sc['score']:.2f}  {sc['explanation'][:60]}")
         if args.once:
             return 0
         print("[demo] running; Ctrl-C stops the worker, sandbox and Alertmanager (Kafka/Redis: scripts/stack.sh stop)")
