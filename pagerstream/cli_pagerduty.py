@@ -153,3 +153,102 @@ def oncalls(policies: tuple[str, ...], schedules: tuple[str, ...], as_json: bool
     for e in rows:
         click.echo(f"{name(e.get('escalation_policy'))[:32]:<32} {e.get('escalation_level') or '-':>5}  "
                    f"{name(e.get('user'))[:24]:<24} {name(e.get('schedule'))[:28]:<28} {e.get('end') or 'permanent'}")
+
+
+# --- routing dry run (pagerstream/pagerduty/routing.py, oncall_store.py) ----------------------------------
+
+@pagerduty.command("route")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Routing rules (YAML, see docs/routing.md)")
+@click.option("--alert", "alert_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The incident to route: JSON/YAML with service, team, tier, severity, labels, scores...")
+@click.option("--at", "at_text", default=None, help="ISO-8601 time with offset [default: now]")
+@click.option("--oncall-from", "oncall_from", default=None,
+              help="'rest' (PagerDuty REST API, settings from the environment) or a schedules-as-code YAML file")
+@click.option("--secrets", "secrets_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Routing keys by name (YAML) [default: PAGERSTREAM_ROUTING_KEYS]")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (routing key: last 4 only)")
+def route_cmd(config_path: str, alert_path: str, at_text: str | None, oncall_from: str | None,
+              secrets_path: str | None, as_json: bool) -> None:
+    """Dry run: which routing key, escalation policy and person an incident would get, and why."""
+    import asyncio
+    import json
+    import sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import yaml
+
+    from pagerstream.pagerduty.oncall_store import OnCallStore, SchedulesAsCode, SchedulesError
+    from pagerstream.pagerduty.routing import (
+        IncidentContext,
+        RoutingConfigError,
+        load_routing_config,
+        load_routing_secrets,
+        routing_secrets_from_env,
+    )
+
+    def fail(title: str, problems: list[tuple[str, str]]) -> None:
+        click.echo(f"pagerstream: {title}:", err=True)
+        for where, what in problems:
+            click.echo(f"  {where}: {what}", err=True)
+        sys.exit(2)
+
+    try:
+        secrets = load_routing_secrets(secrets_path) if secrets_path else routing_secrets_from_env()
+        config = load_routing_config(config_path).with_secrets(secrets, strict=False)
+    except RoutingConfigError as e:
+        fail(f"invalid routing config ({e.file})", e.problems)
+    try:
+        ctx = IncidentContext.from_dict(yaml.safe_load(Path(alert_path).read_text(encoding="utf-8")))
+    except (ValueError, yaml.YAMLError) as e:
+        fail("invalid --alert file", [(alert_path, str(e))])
+    try:
+        at = datetime.fromisoformat(at_text.replace("Z", "+00:00")) if at_text else datetime.now(UTC)
+        if at.tzinfo is None:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter("expected an ISO-8601 time with a UTC offset, e.g. 2026-11-28T03:00:00+01:00",
+                                 param_hint="--at") from None
+
+    sel = config.select(ctx, at)
+    ep = sel.target.escalation_policy
+
+    async def view_with(store: OnCallStore):  # type: ignore[no-untyped-def]
+        return await store.view([ep], at) if ep else None
+
+    view = None
+    if oncall_from == "rest":
+        view = _rest_call(lambda client: view_with(OnCallStore(None, rest=client)))
+    elif oncall_from:
+        if not Path(oncall_from).is_file():
+            raise click.BadParameter("expected 'rest' or a schedules-as-code YAML file", param_hint="--oncall-from")
+        try:
+            sched = SchedulesAsCode.load(oncall_from)
+        except SchedulesError as e:
+            fail(f"invalid schedules file ({oncall_from})", e.problems)
+        view = asyncio.run(view_with(OnCallStore(None, schedules=sched)))
+    decision = config.finish(ctx, at, sel, view)
+
+    if as_json:
+        click.echo(json.dumps({"at": at.isoformat(), **decision.to_dict()}, indent=2, ensure_ascii=False))
+        return
+    snap = view.policy(ep) if view is not None and ep else None
+    ep_text = "(none: the service's own policy)" if not ep else \
+        f"{ep} ({snap.policy_name})" if snap is not None and snap.policy_name else ep
+    r = decision.responder
+    if r is not None:
+        load = "load unknown" if r.open_incidents is None else f"{r.open_incidents} open incident(s)"
+        page = f"{r.label}, level {r.level}, {load}"
+    elif view is None:
+        page = "(on-call not consulted: use --oncall-from rest|schedules.yaml)"
+    else:
+        page = "nobody on call: PagerDuty escalates by its policy"
+    click.echo(f"Routing decision at {at.isoformat()}: rule '{decision.rule}'")
+    click.echo(f"  routing key:       {decision.routing_key_name} {decision.routing_key_hint}")
+    click.echo(f"  escalation policy: {ep_text}")
+    click.echo(f"  urgency:           {decision.urgency or '(service default)'}")
+    click.echo(f"  would page:        {page}")
+    click.echo("Why:")
+    for i, line in enumerate(decision.reason, start=1):
+        click.echo(f"  {i}. {line}")

@@ -49,7 +49,7 @@ GROUPING_FIELDS = {
     "class": "class_",
     "input": "source",
 }
-GROUPING_MODES = ("none", "time_window", "fields")
+GROUPING_MODES = ("none", "time_window", "fields", "correlate")
 CATALOG_ENTRY = "@catalog"  # name of the published entry holding defaults, redact and sources
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9]{32}")
 _MAX_SECONDS = 30 * 86400

@@ -41,6 +41,7 @@ def group_key_for(alert: Alert, spec: ServiceSpec | None) -> str:
 
     none        -> <rk tag>:<dedup_key>            (one incident per dedup key)
     time_window -> <rk tag>:svc:<service>          (the grouping stage cuts it into windows)
+    correlate   -> <rk tag>:svc:<service>          (the correlator picks the incident)
     fields      -> <rk tag>:svc:<service>:<v1|v2>  (values of the configured fields)
 
     Stable per dedup key as long as every event of that key carries the grouping fields and
@@ -49,7 +50,7 @@ def group_key_for(alert: Alert, spec: ServiceSpec | None) -> str:
     tag = routing_key_tag(alert.routing_key)
     if spec is None or spec.grouping.mode == "none":
         return f"{tag}:{alert.dedup_key}"
-    if spec.grouping.mode == "time_window":
+    if spec.grouping.mode in ("time_window", "correlate"):
         return f"{tag}:svc:{spec.name}"
     values = "|".join(field_value(alert, f) for f in spec.grouping.fields)
     return f"{tag}:svc:{spec.name}:{values}"

@@ -26,6 +26,7 @@ from pagerstream.models import transient as transient_mod
 from pagerstream.models.classify import AlertClassifier, features_from_alert
 from pagerstream.models.recurrence import detect_schedule
 from pagerstream.models.similar import IncidentIndex
+from pagerstream.models.templates import TemplateMiner
 from pagerstream.models.transient import TransientModel
 from pagerstream.processors.alert import Alert
 from pagerstream.processors.incident import Incident, OpenAdvice
@@ -34,14 +35,56 @@ MAX_OPENS = 64  # openings remembered per type for the recurrence detector
 _VOLATILE = re.compile(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+(?:\.\d+)?", re.IGNORECASE)
 
 
-def alert_type(a: Alert) -> str:
+def alert_type(a: Alert, templates: TemplateBook | None = None) -> str:
     """What the transient and recurrence models learn under: service + the alert's name.
 
-    The name is the Alertmanager alertname, else the PagerDuty class, else the summary with its
-    numbers and ids masked ("disk 93% full on db-7" and "... db-12" are one type).
+    The name is the Alertmanager alertname, else the PagerDuty class, else the summary's template
+    mined online (models/templates.py: "User alice failed login" and "User bob failed login" are
+    one type), else, without a miner, the summary with its numbers and ids masked.
     """
-    name = a.labels.get("alertname") or a.class_ or _VOLATILE.sub("#", a.summary)[:120]
+    name = a.labels.get("alertname") or a.class_
+    if not name:
+        name = templates.name(a.summary) if templates is not None else _VOLATILE.sub("#", a.summary)[:120]
     return f"{a.service or '-'}/{name}"
+
+
+class TemplateBook:
+    """A TemplateMiner plus a stable name per template cluster.
+
+    A cluster's template generalises as lines join it ("disk full on db-7" becomes "disk full on
+    <*>"), so the type key is the cluster id with the template as first named: `tpl12:disk full on
+    db-7` stays the key of that cluster for its life.
+    """
+
+    def __init__(self, miner: TemplateMiner | None = None, names: dict[str, str] | None = None) -> None:
+        # prefix depth 1, not the 2 tuned on loghub: alert summaries often name the entity second
+        # ("User alice failed login"), which at depth 2 splits one type per user.
+        self.miner = miner or TemplateMiner(prefix_depth=1, max_clusters=2000)
+        self.names: dict[str, str] = dict(names or {})
+        self.dirty = False
+
+    def name(self, text: str) -> str:
+        cid, template, _ = self.miner.add(text[:500])
+        self.dirty = True
+        key = str(cid)
+        if key not in self.names:
+            self.names[key] = f"tpl{cid}:{template[:80]}"
+            live = {str(c) for c in self.miner.templates}
+            if len(self.names) > 2 * len(live):  # forget names of evicted clusters
+                self.names = {k: v for k, v in self.names.items() if k in live}
+        return self.names[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"m": self.miner.to_state(), "n": self.names}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TemplateBook:
+        if not d:
+            return cls()
+        try:
+            return cls(TemplateMiner.from_state(d["m"]), d.get("n"))
+        except (ValueError, KeyError):  # another version's state: start over
+            return cls()
 
 
 @dataclass
@@ -160,9 +203,9 @@ def index_resolved(index: IncidentIndex, rec: dict[str, Any]) -> None:
 
 def advise(a: Alert, entry: TypeEntry, pool: list[float], ts: TransientSettings, *,
            classifier: AlertClassifier | None = None, cache: PredictionCache | None = None,
-           index: IncidentIndex | None = None) -> tuple[OpenAdvice, TypeEntry]:
+           index: IncidentIndex | None = None, type_: str | None = None) -> tuple[OpenAdvice, TypeEntry]:
     """The advice for an opening alert, and the type entry with this opening recorded."""
-    t = alert_type(a)
+    t = type_ or alert_type(a)
     now_s = a.received_at / 1000
     pause = None
     paused_until = None

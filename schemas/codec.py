@@ -34,6 +34,7 @@ SCHEMA_NAMES = {
     "predicted_incident": "predicted_incident",
     "model_feedback": "model_feedback",
     "pagerduty_webhook": "pagerduty_webhook",
+    "incident_lifecycle": "incident_lifecycle",
 }
 
 

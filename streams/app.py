@@ -40,6 +40,7 @@ from pagerstream.processors.incident import (
 )
 from pagerstream.processors.intel import (
     PredictionCache,
+    TemplateBook,
     TransientSettings,
     TypeEntry,
     advise,
@@ -54,6 +55,7 @@ from pagerstream.streams.delivery_agents import DeliveryAgents
 from pagerstream.streams.forwarder import Forwarder, RateLimiter
 from pagerstream.streams.ingress import Ingress
 from pagerstream.streams.learn_agents import LearnAgents, feedback_problems
+from pagerstream.streams.lifecycle_agents import LifecycleAgents
 from pagerstream.streams.metrics import Metrics
 from pagerstream.streams.model_hub import ModelHub
 from pagerstream.streams.rate_agents import RateAgents
@@ -92,13 +94,14 @@ class PagerstreamApp(faust.App):
         await super().on_shutdown()
 
 
-class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
+class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
     def __init__(self, settings: Settings, opts: RuntimeOptions | None = None) -> None:
         self.settings = settings
         self.opts = opts or RuntimeOptions()
         self.metrics = Metrics()
         self.codecs = {n: AvroCodec(n) for n in ("raw_alert", "alert", "incident_event", "pagerduty_event",
-                                                 "dead_letter", "tick", "predicted_incident", "model_feedback")}
+                                                 "dead_letter", "tick", "predicted_incident", "model_feedback",
+                                                 "incident_lifecycle")}
         self.fp_tick = registry().fingerprints["tick"]
         self.default_routing_key = settings.pagerduty_routing_key.get()
         names = {k: v.name for k, v in topic_specs(settings.topic_prefix).items()}
@@ -114,6 +117,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
         self.forwarder: Forwarder | None = None
         self._deadlines: dict[int, list[tuple[int, str]]] = {}
         self._scanned: set[int] = set()
+        self._templates: dict[int, TemplateBook] = {}  # per incidents partition, saved to `transient`
         self._specs: dict[str, Any] = {}
         self._specs_version = ""
         self.app = self._build_app()
@@ -187,6 +191,10 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
             web_application_options={"client_max_size": 2 * 1024 * 1024},
         )
         app.pipeline = self
+
+        @app.on_partitions_revoked.connect
+        async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            self._on_revoked({tp.partition for tp in revoked if tp.topic == self.topic_names["alerts.normalized"]})
         n = self.topic_names
         topic = lambda name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                                        value_serializer="raw", internal=False)
@@ -202,6 +210,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
         self.feedback_topic = topic(n["models.feedback"])
         self.checkpoints_topic = topic(n["models.checkpoints"])
         self.points_topic = topic(n["metrics.points"])
+        self.lifecycle_topic = topic(n["incidents.lifecycle"])
+        self.lifecycle_join_topic, self.lifecycle_sources = self.lifecycle_topics(app)  # + GET /api/v1/analytics
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
         self.groups = app.Table("groups", default=None, key_type=bytes, partitions=s.partitions,
                                 options=rocks)
@@ -217,12 +227,16 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
                                        options=rocks)
         self.incident_features = app.Table("incident-features", default=None, key_type=bytes, partitions=1,
                                            options=rocks)
+        self.lifecycles = app.Table("lifecycles", default=None, key_type=bytes, partitions=s.partitions, options=rocks)
+        self.lifecycle_pd_keys = app.Table("lifecycle-pd-keys", default=None, key_type=bytes, partitions=s.partitions,
+                                           options=rocks)
 
         app.agent(self.raw_topic, name="normalize", concurrency=1)(self._agent_normalize)
         app.agent(self.normalized_topic, name="incidents", concurrency=1)(self._agent_incidents)
         app.agent(self.rates_topic, name="rates", concurrency=1)(self._agent_rates)
         app.agent(self.points_topic, name="metric-points", concurrency=1)(self._agent_points)
         app.agent(self.feedback_topic, name="learn", concurrency=1)(self._agent_learn)
+        app.agent(self.lifecycle_sources, name="lifecycle", concurrency=1)(self._agent_lifecycle)
         app.timer(5.0)(self._checkpoint_timer)
         if o.enable_forwarder:
             # One actor per partition: partitions deliver concurrently, each strictly in order.
@@ -338,11 +352,16 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
     def _advise(self, a: Alert) -> Any:
         """Models for an alert that opens an incident (processors/intel.py); state in `transient`."""
         t0 = time.perf_counter()
-        tkey = b"t:" + alert_type(a).encode()
+        part = self._current_partition()
+        book = self._templates.get(part)
+        if book is None:  # first use since this partition was assigned: restore the miner
+            book = self._templates[part] = TemplateBook.from_dict(self.transient.get(b"__templates__"))
+        t = alert_type(a, book)
+        tkey = b"t:" + t.encode()
         fleet = self.transient.get(b"__fleet__") or {}
         adv, entry = advise(a, TypeEntry.from_dict(self.transient.get(tkey)), list(fleet.get("pool") or []),
                             self.transient_settings, classifier=self.models.classifier, cache=self.pred_cache,
-                            index=self.models.index)
+                            index=self.models.index, type_=t)
         self.transient[tkey] = entry.to_dict()
         m = self.metrics
         m.model_latency.labels("advise").observe(time.perf_counter() - t0)
@@ -404,7 +423,18 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents):
         return Grouping(mode=spec.grouping.mode, window_ms=window,  # type: ignore[arg-type]
                         auto_resolve_ms=spec.auto_resolve_seconds * 1000)
 
+    def _on_revoked(self, partitions: set[int]) -> None:
+        """Partitions moved away: forget what this worker derived from them (rebuilt on return)."""
+        for p in partitions:
+            self._scanned.discard(p)
+            self._deadlines.pop(p, None)
+            self._templates.pop(p, None)
+
     def _on_tick(self, partition: int, now: int) -> tuple[IncidentChangeOut, ...]:
+        book = self._templates.get(partition)
+        if book is not None and book.dirty:  # the template miner is saved at most once per tick
+            self.transient[b"__templates__"] = book.to_dict()
+            book.dirty = False
         if partition not in self._scanned:  # first tick after (re)assignment: rebuild the deadline heap
             heap: list[tuple[int, str]] = []
             for k, d in self.groups.items():

@@ -72,6 +72,22 @@ class Metrics:
                                    "similar-incident index", registry=r)
         self.catalog_services = Gauge("pagerstream_catalog_services", "Services in the loaded catalog",
                                       registry=r)
+        # Incident lifecycle analytics (streams/lifecycle_agents.py; definitions in docs/analytics.md).
+        inc, resp = ["service", "team", "severity"], (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+        self.incident_mtta = Histogram("pagerstream_incident_mtta_seconds", "PagerDuty trigger to first acknowledge",
+                                       inc, buckets=resp, registry=r)
+        self.incident_mttr = Histogram("pagerstream_incident_mttr_seconds", "PagerDuty trigger to resolve", inc,
+                                       buckets=resp, registry=r)
+        self.incident_escalations = Counter("pagerstream_incident_escalations", "incident.escalated events",
+                                            inc, registry=r)
+        self.incident_interruptions = Counter("pagerstream_incident_interruptions", "Responders notified, by "
+                                              "period in the responder's time zone (business/off/sleep)",
+                                              ["period", *inc], registry=r)
+        self.alerts_in = Counter("pagerstream_alerts_in", "Trigger alerts folded into incidents", inc, registry=r)
+        self.incidents_out = Counter("pagerstream_incidents_out", "Incidents paged to PagerDuty", inc, registry=r)
+        self.auto_resolutions = Counter("pagerstream_incident_auto_resolutions", "Incidents pagerstream closed "
+                                        "without a human (outcome=auto_resolved), and those a human later had to "
+                                        "handle (outcome=needed_human)", ["outcome", *inc], registry=r)
 
     def add_lag(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         self.registry.register(LagCollector(read))  # type: ignore[arg-type]

@@ -108,6 +108,33 @@ IMPLEMENTED: dict[tuple[str, str], str] = {
     ("GET", "/webhook_subscriptions/{id}"): "get_webhook",
     ("DELETE", "/webhook_subscriptions/{id}"): "delete_webhook",
     ("GET", "/audit/records"): "list_audit_records",
+    # account configuration writes (pagerstream pagerduty apply): handlers in "account configuration" below
+    ("POST", "/users"): "create_user",
+    ("PUT", "/users/{id}"): "update_user",
+    ("DELETE", "/users/{id}"): "delete_user",
+    ("POST", "/teams"): "create_team",
+    ("PUT", "/teams/{id}"): "update_team",
+    ("DELETE", "/teams/{id}"): "delete_team",
+    ("GET", "/teams/{id}/members"): "list_team_members",
+    ("PUT", "/teams/{id}/users/{user_id}"): "put_team_user",
+    ("DELETE", "/teams/{id}/users/{user_id}"): "delete_team_user",
+    ("POST", "/schedules"): "create_schedule",
+    ("PUT", "/schedules/{id}"): "update_schedule",
+    ("DELETE", "/schedules/{id}"): "delete_schedule",
+    ("POST", "/escalation_policies"): "create_escalation_policy",
+    ("PUT", "/escalation_policies/{id}"): "update_escalation_policy",
+    ("DELETE", "/escalation_policies/{id}"): "delete_escalation_policy",
+    ("POST", "/services"): "create_service",
+    ("PUT", "/services/{id}"): "update_service",
+    ("DELETE", "/services/{id}"): "delete_service",
+    ("POST", "/services/{id}/integrations"): "create_integration",
+    ("GET", "/services/{id}/integrations/{integration_id}"): "get_integration",
+    ("PUT", "/services/{id}/integrations/{integration_id}"): "update_integration",
+    ("GET", "/maintenance_windows"): "list_maintenance_windows",
+    ("POST", "/maintenance_windows"): "create_maintenance_window",
+    ("GET", "/maintenance_windows/{id}"): "get_maintenance_window",
+    ("PUT", "/maintenance_windows/{id}"): "update_maintenance_window",
+    ("DELETE", "/maintenance_windows/{id}"): "delete_maintenance_window",
 }
 
 # collection -> (object type, reference type, html path)
@@ -118,6 +145,8 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "users": ("user", "user_reference", "users"),
     "teams": ("team", "team_reference", "teams"),
     "incidents": ("incident", "incident_reference", "incidents"),
+    "maintenance_windows": ("maintenance_window", "maintenance_window_reference", "service-directory/maintenance-windows"),
+    "integrations": ("generic_events_api_inbound_integration", "inbound_integration_reference", "services"),
 }
 
 _AUTH_RE = re.compile(r"^(?:Token token=(?P<token>[A-Za-z0-9_+\-]+)|Bearer (?P<bearer>[A-Za-z0-9\-._~+/]+=*))$")
@@ -478,6 +507,7 @@ class RestSandboxState:
             self.audit_records: list[dict] = []
             self.notes: dict[str, list[dict]] = {}
             self.webhooks: dict[str, dict] = {}
+            self.team_roles: dict[tuple[str, str], str] = {}  # (team id, user id) -> member role
             self._webhook_secrets: dict[str, str] = {}
             self.requests: list[dict] = []
             self._faults: collections.deque[dict] = collections.deque()
@@ -565,7 +595,7 @@ class RestSandboxState:
             obj.setdefault("name", f"User {obj['id']}")
             obj.setdefault("email", f"{obj['id'].lower()}@example.com")
             obj.setdefault("role", "user")
-        elif coll != "incidents":
+        elif coll not in ("incidents", "maintenance_windows"):
             obj.setdefault("name", f"{otype.replace('_', ' ').title()} {obj['id']}")
         obj.setdefault("summary", obj.get("name") or obj["id"])
         obj.setdefault("self", f"{API_HOST}/{coll}/{obj['id']}")
@@ -575,7 +605,48 @@ class RestSandboxState:
             obj.setdefault("num_loops", 0)
         if coll in ("services", "users", "escalation_policies", "schedules"):
             obj.setdefault("teams", [])
+        if coll == "services":  # full integration objects given inline are stored as integrations
+            obj["integrations"] = [self._store_integration(obj, i) if isinstance(i, dict) and
+                                   not str(i.get("type", "")).endswith("_reference") else i
+                                   for i in obj.get("integrations") or []]
+        if coll == "teams":  # {"members": [{"user_id", "role"}]} seeds team membership
+            for m in obj.pop("members", None) or []:
+                self.team_roles[(obj["id"], m["user_id"])] = m.get("role", "manager")
         return obj
+
+    def _store_integration(self, service: dict, integ: dict) -> dict:
+        """Keep a full integration object of `service`; returns its reference."""
+        otype = integ.get("type") or KINDS["integrations"][0]
+        iid = integ.get("id") or self.new_id()
+        path = f"services/{service['id']}/integrations/{iid}"
+        obj = {"id": iid, "type": otype, "summary": integ.get("name") or otype, "name": integ.get("name") or otype,
+               "self": f"{API_HOST}/{path}", "html_url": f"{APP_HOST}/{path}",
+               "created_at": integ.get("created_at") or _iso(self.now()),
+               **{k: copy.deepcopy(v) for k, v in integ.items() if k not in ("id", "type", "summary", "self",
+                                                                          "html_url", "created_at", "service")}}
+        obj["service"] = {"id": service["id"], "type": "service_reference", "summary": service.get("name"),
+                          "self": f"{API_HOST}/services/{service['id']}",
+                          "html_url": f"{APP_HOST}/service-directory/{service['id']}"}
+        if otype in ("events_api_v2_inbound_integration", "generic_events_api_inbound_integration") \
+                and not obj.get("integration_key"):
+            obj["integration_key"] = secrets.token_hex(16)
+        self.collections["integrations"][iid] = obj
+        return {"id": iid, "type": otype + "_reference", "summary": obj["summary"], "self": obj["self"],
+                "html_url": obj["html_url"]}
+
+    def sync_user_teams(self) -> None:
+        """Users' read-only `teams` follow the membership table (team_roles)."""
+        for (tid, uid) in list(self.team_roles):
+            if tid not in self.collections["teams"] or uid not in self.collections["users"]:
+                del self.team_roles[(tid, uid)]
+        for uid, user in self.collections["users"].items():
+            mine = [tid for (tid, u) in self.team_roles if u == uid]
+            kept = [t for t in user.get("teams") or [] if t.get("id") in self.collections["teams"]
+                    and t.get("id") not in mine]
+            for t in kept:  # memberships seeded as user.teams references
+                self.team_roles.setdefault((t["id"], uid), "manager")
+            user["teams"] = [self.reference("teams", tid) for tid in
+                             dict.fromkeys([t["id"] for t in kept] + mine)]
 
     def seed(self, spec: dict) -> dict:
         """Add fixtures. Each collection takes a list of objects or {"count": N, "name_prefix": "x",
@@ -596,7 +667,8 @@ class RestSandboxState:
                     self.oncalls.clear()
                 if "audit_records" in spec:
                     self.audit_records.clear()
-            for coll in ("teams", "users", "schedules", "escalation_policies", "services", "incidents"):
+            for coll in ("teams", "users", "schedules", "escalation_policies", "services", "incidents",
+                         "maintenance_windows"):
                 if coll not in spec:
                     continue
                 items = self._expand(coll, spec[coll])
@@ -626,6 +698,7 @@ class RestSandboxState:
                     raise ValueError("'audit_records' must be a list or {count}")
                 self.audit_records.extend(copy.deepcopy(recs))
                 created["audit_records"] = [r.get("id", "") for r in recs]
+            self.sync_user_teams()
         return {"created": {k: len(v) if k == "oncalls" else v for k, v in created.items()}}
 
     def _expand(self, coll: str, spec: Any) -> list[dict]:
@@ -907,11 +980,15 @@ def h_list_services(state: RestSandboxState, ctx: Ctx) -> tuple[int, dict]:
         items = [s for s in items if s.get("name") == name]
     sort = ctx.query.get("sort_by", "name")
     items.sort(key=lambda s: (str(s.get("name", "")).lower(), s["id"]), reverse=sort == "name:desc")
-    return 200, classic_page(items, ctx.query, "services")
+    page = classic_page(items, ctx.query, "services")
+    _expand_integrations(state, page["services"], ctx.query)
+    return 200, page
 
 
 def h_get_service(state, ctx):
-    return _get(state, "services", ctx, "Service")
+    status, body = _get(state, "services", ctx, "Service")
+    _expand_integrations(state, [body["service"]], ctx.query)
+    return status, body
 
 
 def h_list_escalation_policies(state, ctx):
@@ -1213,6 +1290,412 @@ def h_list_audit_records(state, ctx):
              and (until is None or (parse_time(r.get("execution_time")) or until) <= until)]
     items.sort(key=lambda r: r.get("execution_time") or "", reverse=True)
     return 200, cursor_page(items, q, "records")
+
+
+# ---- account configuration (users, teams, schedules, escalation policies, services, integrations,
+# maintenance windows): what `pagerstream pagerduty apply` writes. Bodies were validated against the spec
+# before a handler runs; these add the referential rules PagerDuty states in the spec's descriptions:
+# an escalation policy "must not be in use by any services" to be deleted; a team is removed "only if the
+# team has no associated Escalation Policies, Services, Schedules"; a maintenance window that "has already
+# ended ... cannot be deleted" (405), an ongoing one is ended. Stricter than PagerDuty (undocumented
+# there): a schedule used by an escalation policy and a user named in a schedule layer or escalation rule
+# cannot be deleted (400), and team, service and escalation-policy names must be unique. A schedule POST/PUT
+# lists Layer 1 first; GET returns the layers in reverse (docs/oncall.md, rule R4), and so does the sandbox.
+
+def _taken(state: RestSandboxState, coll: str, field_name: str, value: Any, own_id: str | None = None) -> None:
+    for o in state.collections[coll].values():
+        if o["id"] != own_id and str(o.get(field_name, "")).lower() == str(value).lower():
+            raise invalid(f"{KINDS[coll][0].replace('_', ' ')} {field_name} '{value}' has already been taken")
+
+
+def _known(state: RestSandboxState, coll: str, ref: Any, label: str) -> dict:
+    oid = (ref or {}).get("id") if isinstance(ref, dict) else None
+    if not oid or oid not in state.collections[coll]:
+        raise invalid(f"{label} {oid or '(no id)'} not found")
+    return state.reference(coll, oid)
+
+
+def _found(state: RestSandboxState, coll: str, oid: str, label: str) -> dict:
+    obj = state.collections[coll].get(oid)
+    if obj is None:
+        raise not_found(label)
+    return obj
+
+
+def _user_fields(state: RestSandboxState, body: dict, own_id: str | None) -> dict:
+    _taken(state, "users", "email", body["email"], own_id)
+    out = {k: copy.deepcopy(body[k]) for k in ("name", "email", "time_zone", "color", "role", "description",
+                                               "job_title") if k in body}
+    out["summary"] = body["name"]
+    return out
+
+
+def h_create_user(state, ctx):
+    _requester(state, ctx)
+    u = state._complete("users", {**_user_fields(state, ctx.body["user"], None), "time_zone": "Etc/UTC",
+                                  **{k: v for k, v in ctx.body["user"].items() if k == "time_zone"}})
+    u.setdefault("contact_methods", [])
+    u.setdefault("notification_rules", [])
+    state.collections["users"][u["id"]] = u
+    return 201, {"user": copy.deepcopy(u)}
+
+
+def h_update_user(state, ctx):
+    u = _found(state, "users", ctx.path_params["id"], "User")
+    u.update(_user_fields(state, ctx.body["user"], u["id"]))
+    return 200, {"user": copy.deepcopy(u)}
+
+
+def h_delete_user(state, ctx):
+    uid = ctx.path_params["id"]
+    _found(state, "users", uid, "User")
+    uses = [f"schedule {s['id']}" for s in state.collections["schedules"].values()
+            if any(_user_id_of(x) == uid for lay in s.get("schedule_layers") or [] for x in lay.get("users") or [])]
+    uses += [f"escalation policy {e['id']}" for e in state.collections["escalation_policies"].values()
+             if any(t.get("id") == uid and t.get("type") in ("user", "user_reference")
+                    for r in e.get("escalation_rules") or [] for t in r.get("targets") or [])]
+    if uses:
+        raise invalid(f"user {uid} is still on {', '.join(uses)}")
+    del state.collections["users"][uid]
+    state.sync_user_teams()
+    return 204, None
+
+
+def _user_id_of(entry: Any) -> str | None:
+    if isinstance(entry, dict):
+        return (entry.get("user") or {}).get("id") if isinstance(entry.get("user"), dict) else entry.get("id")
+    return None
+
+
+def h_create_team(state, ctx):
+    body = ctx.body["team"]
+    _taken(state, "teams", "name", body["name"])
+    t = state._complete("teams", {k: copy.deepcopy(body[k]) for k in ("name", "description", "default_role")
+                                  if k in body})
+    state.collections["teams"][t["id"]] = t
+    return 201, {"team": copy.deepcopy(t)}
+
+
+def h_update_team(state, ctx):
+    t = _found(state, "teams", ctx.path_params["id"], "Team")
+    body = ctx.body["team"]
+    _taken(state, "teams", "name", body["name"], t["id"])
+    t.update({k: copy.deepcopy(body[k]) for k in ("name", "description", "default_role") if k in body})
+    t["summary"] = t["name"]
+    return 200, {"team": copy.deepcopy(t)}
+
+
+def h_delete_team(state, ctx):
+    tid = ctx.path_params["id"]
+    _found(state, "teams", tid, "Team")
+    uses = [f"{KINDS[c][0].replace('_', ' ')} {o['id']}" for c in ("escalation_policies", "services", "schedules")
+            for o in state.collections[c].values() if any(x.get("id") == tid for x in o.get("teams") or [])]
+    if uses:
+        raise invalid(f"team {tid} still has {', '.join(uses)}")
+    del state.collections["teams"][tid]
+    state.sync_user_teams()
+    return 204, None
+
+
+def h_list_team_members(state, ctx):
+    tid = ctx.path_params["id"]
+    _found(state, "teams", tid, "Team")
+    state.sync_user_teams()
+    members = [{"user": state.reference("users", uid), "role": role}
+               for (t, uid), role in sorted(state.team_roles.items()) if t == tid]
+    return 200, classic_page(members, ctx.query, "members")
+
+
+def h_put_team_user(state, ctx):
+    tid, uid = ctx.path_params["id"], ctx.path_params["user_id"]
+    _found(state, "teams", tid, "Team")
+    _found(state, "users", uid, "User")
+    state.team_roles[(tid, uid)] = (ctx.body or {}).get("role") or "manager"
+    state.sync_user_teams()
+    return 204, None
+
+
+def h_delete_team_user(state, ctx):
+    tid, uid = ctx.path_params["id"], ctx.path_params["user_id"]
+    _found(state, "teams", tid, "Team")
+    if state.team_roles.pop((tid, uid), None) is None:
+        raise not_found("Team member")
+    state.sync_user_teams()
+    return 204, None
+
+
+def _schedule_fields(state: RestSandboxState, body: dict, old: dict | None) -> dict:
+    old_layer_ids = {lay.get("id") for lay in (old or {}).get("schedule_layers") or []}
+    layers = []
+    for i, lay in enumerate(body.get("schedule_layers") or []):
+        start, rvs = parse_time(lay["start"]), parse_time(lay["rotation_virtual_start"])
+        end = parse_time(lay.get("end")) if lay.get("end") else None
+        if lay["rotation_turn_length_seconds"] <= 0:
+            raise invalid(f"schedule_layers.{i}.rotation_turn_length_seconds must be positive")
+        if end is not None and start is not None and end <= start:
+            raise invalid(f"schedule_layers.{i}.end must be after its start")
+        if not lay["users"]:
+            raise invalid(f"schedule_layers.{i}.users must not be empty")
+        del rvs
+        out = {k: copy.deepcopy(lay[k]) for k in ("start", "end", "rotation_virtual_start",
+                                                   "rotation_turn_length_seconds", "restrictions") if k in lay}
+        out["id"] = lay["id"] if lay.get("id") in old_layer_ids else state.new_id()
+        out["name"] = lay.get("name") or f"Layer {i + 1}"
+        out.setdefault("end", None)
+        out.setdefault("restrictions", [])
+        out["users"] = [{"user": _known(state, "users", u["user"], "user")} for u in lay["users"]]
+        layers.append(out)
+    layers.reverse()  # GET order: the highest layer first
+    users = list(dict.fromkeys(u["user"]["id"] for lay in layers for u in lay["users"]))
+    out = {"time_zone": body["time_zone"], "schedule_layers": layers,
+           "users": [state.reference("users", u) for u in users]}
+    for k in ("name", "description"):
+        if k in body:
+            out[k] = body[k]
+    return out
+
+
+def h_create_schedule(state, ctx):
+    s = state._complete("schedules", _schedule_fields(state, ctx.body["schedule"], None))
+    s.setdefault("escalation_policies", [])
+    state.collections["schedules"][s["id"]] = s
+    return 201, {"schedule": copy.deepcopy(s)}
+
+
+def h_update_schedule(state, ctx):
+    s = _found(state, "schedules", ctx.path_params["id"], "Schedule")
+    s.update(_schedule_fields(state, ctx.body["schedule"], s))
+    s["summary"] = s.get("name") or s["id"]
+    return 200, {"schedule": copy.deepcopy(s)}
+
+
+def h_delete_schedule(state, ctx):
+    sid = ctx.path_params["id"]
+    _found(state, "schedules", sid, "Schedule")
+    eps = [e["id"] for e in state.collections["escalation_policies"].values()
+           if any(t.get("id") == sid and t.get("type") in ("schedule", "schedule_reference")
+                  for r in e.get("escalation_rules") or [] for t in r.get("targets") or [])]
+    if eps:
+        raise invalid(f"schedule {sid} is used by escalation policies {', '.join(eps)}")
+    del state.collections["schedules"][sid]
+    return 204, None
+
+
+def _policy_fields(state: RestSandboxState, body: dict, own_id: str | None) -> dict:
+    _taken(state, "escalation_policies", "name", body["name"], own_id)
+    rules = []
+    for i, r in enumerate(body["escalation_rules"]):
+        if not r["targets"]:
+            raise invalid(f"escalation_rules.{i}.targets must not be empty")
+        targets = []
+        for t in r["targets"]:
+            kind = str(t.get("type", "")).replace("_reference", "")
+            if kind not in ("user", "schedule"):
+                raise invalid(f"escalation_rules.{i}: target type {t.get('type')} is not supported by the sandbox")
+            targets.append(_known(state, kind + "s", t, kind))
+        rule = {"id": state.new_id(), "escalation_delay_in_minutes": r["escalation_delay_in_minutes"],
+                "targets": targets}
+        if "escalation_rule_assignment_strategy" in r:
+            rule["escalation_rule_assignment_strategy"] = r["escalation_rule_assignment_strategy"]
+        rules.append(rule)
+    out = {"name": body["name"], "summary": body["name"], "escalation_rules": rules,
+           "teams": [_known(state, "teams", t, "team") for t in body.get("teams") or []]}
+    for k in ("description", "num_loops", "on_call_handoff_notifications"):
+        if k in body:
+            out[k] = body[k]
+    return out
+
+
+def h_create_escalation_policy(state, ctx):
+    e = state._complete("escalation_policies", _policy_fields(state, ctx.body["escalation_policy"], None))
+    e.setdefault("on_call_handoff_notifications", "if_has_services")
+    e.setdefault("services", [])
+    state.collections["escalation_policies"][e["id"]] = e
+    return 201, {"escalation_policy": copy.deepcopy(e)}
+
+
+def h_update_escalation_policy(state, ctx):
+    e = _found(state, "escalation_policies", ctx.path_params["id"], "Escalation Policy")
+    e.update(_policy_fields(state, ctx.body["escalation_policy"], e["id"]))
+    for s in state.collections["services"].values():  # services show the teams of their policy
+        if (s.get("escalation_policy") or {}).get("id") == e["id"]:
+            s["teams"] = copy.deepcopy(e["teams"])
+    return 200, {"escalation_policy": copy.deepcopy(e)}
+
+
+def h_delete_escalation_policy(state, ctx):
+    eid = ctx.path_params["id"]
+    _found(state, "escalation_policies", eid, "Escalation Policy")
+    svcs = [s["id"] for s in state.collections["services"].values()
+            if (s.get("escalation_policy") or {}).get("id") == eid]
+    if svcs:
+        raise invalid(f"escalation policy {eid} is in use by services {', '.join(svcs)}")
+    del state.collections["escalation_policies"][eid]
+    return 204, None
+
+
+_SERVICE_FIELDS = ("name", "description", "auto_resolve_timeout", "acknowledgement_timeout", "status",
+                   "incident_urgency_rule", "support_hours", "scheduled_actions", "alert_creation",
+                   "alert_grouping_parameters", "alert_grouping", "alert_grouping_timeout",
+                   "auto_pause_notifications_parameters")
+
+
+def _service_fields(state: RestSandboxState, body: dict, own_id: str | None) -> dict:
+    out = {k: copy.deepcopy(body[k]) for k in _SERVICE_FIELDS if k in body}
+    if "name" in out:
+        _taken(state, "services", "name", out["name"], own_id)
+        out["summary"] = out["name"]
+    ep = _known(state, "escalation_policies", body["escalation_policy"], "escalation policy")
+    out["escalation_policy"] = ep
+    out["teams"] = copy.deepcopy(state.collections["escalation_policies"][ep["id"]].get("teams") or [])
+    return out
+
+
+def h_create_service(state, ctx):
+    s = state._complete("services", {"status": "active", "created_at": _iso(state.now()), "integrations": [],
+                                     **_service_fields(state, ctx.body["service"], None)})
+    state.collections["services"][s["id"]] = s
+    return 201, {"service": copy.deepcopy(s)}
+
+
+def h_update_service(state, ctx):
+    s = _found(state, "services", ctx.path_params["id"], "Service")
+    s.update(_service_fields(state, ctx.body["service"], s["id"]))
+    return 200, {"service": copy.deepcopy(s)}
+
+
+def h_delete_service(state, ctx):
+    sid = ctx.path_params["id"]
+    svc = _found(state, "services", sid, "Service")
+    for ref in svc.get("integrations") or []:
+        state.collections["integrations"].pop(ref.get("id"), None)
+    for mw in state.collections["maintenance_windows"].values():
+        mw["services"] = [r for r in mw.get("services") or [] if r.get("id") != sid]
+    del state.collections["services"][sid]
+    return 204, None
+
+
+def _expand_integrations(state: RestSandboxState, services: Iterable[dict], q: MultiMapping[str]) -> None:
+    if "integrations" in q.getall("include[]", []):
+        for s in services:
+            s["integrations"] = [copy.deepcopy(state.collections["integrations"].get(r.get("id"), r))
+                                 for r in s.get("integrations") or []]
+
+
+_INTEGRATION_FIELDS = ("name", "vendor", "integration_email", "email_incident_creation", "email_filter_mode",
+                       "email_parsers", "email_parsing_fallback", "email_filters")
+
+
+def h_create_integration(state, ctx):
+    svc = _found(state, "services", ctx.path_params["id"], "Service")
+    body = ctx.body["integration"]
+    integ = {k: copy.deepcopy(body[k]) for k in _INTEGRATION_FIELDS if k in body}
+    integ["type"] = body.get("type") or "generic_events_api_inbound_integration"
+    if integ["type"] == "generic_email_inbound_integration" and not integ.get("integration_email"):
+        raise invalid("integration.integration_email is required for email integrations")
+    ref = state._store_integration(svc, integ)
+    svc.setdefault("integrations", []).append(ref)
+    return 201, {"integration": copy.deepcopy(state.collections["integrations"][ref["id"]])}
+
+
+def _integration(state: RestSandboxState, ctx: Ctx) -> dict:
+    svc = _found(state, "services", ctx.path_params["id"], "Service")
+    iid = ctx.path_params["integration_id"]
+    if iid not in {r.get("id") for r in svc.get("integrations") or []} or iid not in state.collections["integrations"]:
+        raise not_found("Integration")
+    return state.collections["integrations"][iid]
+
+
+def h_get_integration(state, ctx):
+    return 200, {"integration": copy.deepcopy(_integration(state, ctx))}
+
+
+def h_update_integration(state, ctx):
+    integ = _integration(state, ctx)
+    body = ctx.body["integration"]
+    if body.get("type") and body["type"] != integ["type"]:
+        raise invalid("integration.type cannot be changed")
+    integ.update({k: copy.deepcopy(body[k]) for k in _INTEGRATION_FIELDS if k in body})
+    integ["summary"] = integ.get("name") or integ["type"]
+    for svc in state.collections["services"].values():
+        for r in svc.get("integrations") or []:
+            if r.get("id") == integ["id"]:
+                r["summary"] = integ["summary"]
+    return 200, {"integration": copy.deepcopy(integ)}
+
+
+def _mw_state(state: RestSandboxState, mw: dict) -> str:
+    now = state.now()
+    start, end = parse_time(mw.get("start_time")), parse_time(mw.get("end_time"))
+    if end is not None and end <= now:
+        return "past"
+    return "ongoing" if start is not None and start <= now else "future"
+
+
+def h_list_maintenance_windows(state, ctx):
+    q = ctx.query
+    items = list(state.collections["maintenance_windows"].values())
+    flt = q.get("filter") or "all"
+    wanted = {"open": {"ongoing", "future"}, "all": {"past", "ongoing", "future"}}.get(flt, {flt})
+    items = [m for m in items if _mw_state(state, m) in wanted]
+    if sids := set(q.getall("service_ids[]", [])):
+        items = [m for m in items if sids & {r.get("id") for r in m.get("services") or []}]
+    if tids := set(q.getall("team_ids[]", [])):
+        items = [m for m in items if tids & {r.get("id") for r in m.get("teams") or []}]
+    if query := (q.get("query") or "").lower():
+        items = [m for m in items if query in str(m.get("description") or "").lower()]
+    items.sort(key=lambda m: (m.get("start_time") or "", m["id"]))
+    return 200, classic_page(items, q, "maintenance_windows")
+
+
+def _mw_fields(state: RestSandboxState, body: dict) -> dict:
+    start, end = parse_time(body["start_time"]), parse_time(body["end_time"])
+    if start is None or end is None or end <= start:
+        raise invalid("maintenance_window.end_time must be after start_time")
+    if not body["services"]:
+        raise invalid("maintenance_window.services must name at least one service")
+    services = [_known(state, "services", s, "service") for s in body["services"]]
+    teams = {t["id"]: t for s in services for t in state.collections["services"][s["id"]].get("teams") or []}
+    out = {"start_time": body["start_time"], "end_time": body["end_time"], "services": services,
+           "teams": list(teams.values())}
+    if "description" in body:
+        out["description"] = body["description"]
+        out["summary"] = body["description"]
+    return out
+
+
+def h_create_maintenance_window(state, ctx):
+    requester = _requester(state, ctx)
+    mw = state._complete("maintenance_windows", {**_mw_fields(state, ctx.body["maintenance_window"]),
+                                                 "sequence_number": len(state.collections["maintenance_windows"]) + 1,
+                                                 "created_by": requester})
+    state.collections["maintenance_windows"][mw["id"]] = mw
+    return 201, {"maintenance_window": copy.deepcopy(mw)}
+
+
+def h_get_maintenance_window(state, ctx):
+    return _get(state, "maintenance_windows", ctx, "Maintenance Window")
+
+
+def h_update_maintenance_window(state, ctx):
+    mw = _found(state, "maintenance_windows", ctx.path_params["id"], "Maintenance Window")
+    if _mw_state(state, mw) == "past":
+        raise invalid("a maintenance window that has ended cannot be changed")
+    mw.update(_mw_fields(state, ctx.body["maintenance_window"]))
+    return 200, {"maintenance_window": copy.deepcopy(mw)}
+
+
+def h_delete_maintenance_window(state, ctx):
+    mid = ctx.path_params["id"]
+    mw = _found(state, "maintenance_windows", mid, "Maintenance Window")
+    phase = _mw_state(state, mw)
+    if phase == "past":
+        raise ApiError(405, 2001, "The maintenance window can't be deleted because it has already ended")
+    if phase == "ongoing":
+        mw["end_time"] = _iso(state.now())
+    else:
+        del state.collections["maintenance_windows"][mid]
+    return 204, None
 
 
 HANDLERS: dict[str, Callable[[RestSandboxState, Ctx], tuple[int, Any]]] = {

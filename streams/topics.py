@@ -64,6 +64,10 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
                   doc="Fernet-sealed model checkpoints, latest per model name (key)"),
         TopicSpec(f"{p}metrics.points", 0, 1 * DAY_MS,
                   doc="JSON {series, ts, value}: any metric stream to score for anomalies, keyed by series"),
+        # Compacted: every record is a full snapshot of one incident's lifecycle, so the latest per key is
+        # all a reader needs; compaction keeps one record per incident instead of one per change.
+        TopicSpec(f"{p}incidents.lifecycle", 0, -1, compact=True,
+                  doc="IncidentLifecycle: pagerstream incident + PagerDuty webhooks joined, keyed by incident_id"),
     ]
     return {s.name.removeprefix(p): s for s in specs}
 

@@ -161,3 +161,38 @@ def test_any_metric_stream_is_scored_and_an_anomaly_predicted(workers):
     assert "invalid point" in dl[0]["reason"]
     assert 'pagerstream_model_latency_seconds_count{model="metric_anomaly"}' in w.metrics()
     assert os.environ.get("PAGERSTREAM_NEVER_SET") is None
+
+
+CORRELATE_CATALOG = """
+version: 1
+services:
+  - name: shop
+    team: web
+    matchers: [{source: "^shop-[0-9]+$"}]
+    grouping: {mode: correlate}
+"""
+
+
+def test_correlate_grouping_mode_joins_related_alerts_into_one_page(workers, sandbox, tmp_path):
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(CORRELATE_CATALOG)
+    env = workers.env()
+    w = workers.start(env, catalog=str(cat), name="correlate")
+    bs, prefix = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), env["PAGERSTREAM_TOPIC_PREFIX"]
+    run = uuid.uuid4().hex[:6]
+
+    def send(dedup: str, host: str, cls: str) -> None:
+        body = {"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": dedup,
+                "payload": {"summary": f"{cls} on {host}", "source": host, "severity": "error", "class": cls}}
+        assert httpx.post(w.url + "/v2/enqueue", json=body).status_code == 202
+
+    send(f"{run}-a", "shop-1", "HighLatency")
+    send(f"{run}-b", "shop-1", "Http5xx")  # same host, another type, right after: same incident
+    evs = eventually(lambda: (x := [r["value"] for r in read_topic(bs, prefix + "incidents", idle=0.7)]) and len(x) >= 2
+                     and x, what="two incident events")
+    assert [e["change"] for e in evs[:2]] == ["opened", "alert_added"]
+    assert evs[0]["incident_id"] == evs[1]["incident_id"] and "same host" in evs[1]["reason"]
+    time.sleep(1.0)
+    reqs = httpx.get(sandbox.url + "/sandbox/requests").json()["requests"]
+    ours = [r for r in reqs if r["body"].get("dedup_key", "").startswith("pagerstream-" + evs[0]["incident_id"])]
+    assert [r["body"]["event_action"] for r in ours] == ["trigger"]  # one page for both alerts

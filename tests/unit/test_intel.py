@@ -237,3 +237,63 @@ def test_ml_prediction_threshold_maps_onto_the_detector_scale():
     s = load_settings({"ML_PREDICTION_THRESHOLD": "1", "PAGERSTREAM_PREDICTION_THRESHOLD": "0.1"})
     assert s.prediction_page_score() == pytest.approx(0.5)
     assert load_settings({}).prediction_page_score() == pytest.approx(0.42)
+
+
+def _am(n: int, host: str, name: str, t: int, key: str | None = None) -> Alert:
+    return Alert(id=f"c{n}:0", raw_id=f"c{n}", source="alertmanager", action="trigger", routing_key=RK,
+                 dedup_key=key or f"{name}@{host}", summary=f"{name} on {host}", severity="warning", origin=host,
+                 event_time=t, received_at=t, group_key="svc:checkout", service="checkout",
+                 labels={"alertname": name, "instance": host})
+
+
+def test_correlate_mode_groups_by_entity_and_type_and_explains_why():
+    g = Grouping(mode="correlate")
+    steps = []
+    state = None
+    for a in [_am(1, "web-1", "HighLatency", T0), _am(2, "web-1", "Http5xx", T0 + 400),  # same host, together
+              _am(3, "db-9", "DiskFull", T0 + 60_000),  # another host, another type, a minute later
+              _am(4, "web-2", "HighLatency", T0 + 3_000)]:  # same type on another host within 10 s
+        st = decide(state, a, g)
+        state = st.state
+        steps.append(st.outputs[0])
+    assert [o.change for o in steps] == ["opened", "alert_added", "opened", "alert_added"]
+    assert steps[1].incident.incident_id == steps[0].incident.incident_id
+    assert "same host" in steps[1].reason or "same instance" in steps[1].reason
+    assert steps[2].incident.incident_id != steps[0].incident.incident_id
+    assert steps[3].incident.incident_id == steps[0].incident.incident_id and "same type" in steps[3].reason
+    assert [o.pd_action for o in steps] == ["trigger", None, "trigger", None]
+    back = group_from_dict(json.loads(json.dumps(group_to_dict(state))))
+    assert back.corr == state.corr and back.corr_map == state.corr_map
+    # the next alert decides the same from the restored state as from the live one
+    nxt = _am(5, "web-1", "HighLatency", T0 + 4_000, key="again")
+    assert decide(back, nxt, g).outputs[0].reason == decide(state, nxt, g).outputs[0].reason
+
+
+def test_correlate_mode_resolving_every_alert_resolves_the_incident_and_pages_resolve():
+    g = Grouping(mode="correlate")
+    s = decide(None, _am(1, "web-1", "HighLatency", T0), g)
+    s = decide(s.state, _am(2, "web-1", "Http5xx", T0 + 300), g)
+    r1 = replace(_am(3, "web-1", "HighLatency", T0 + 9_000), action="resolve")
+    s = decide(s.state, r1, g)
+    assert s.outputs[0].change == "alert_resolved"
+    r2 = replace(_am(4, "web-1", "Http5xx", T0 + 9_500), action="resolve")
+    s = decide(s.state, r2, g)
+    assert (s.outputs[0].change, s.outputs[0].pd_action) == ("resolved", "resolve")
+    # after resolve, the same host firing again opens a new incident (its old one is closed)
+    s = decide(s.state, _am(5, "web-1", "HighLatency", T0 + 20_000, key="HighLatency@web-1#2"), g)
+    assert s.outputs[0].change == "opened"
+
+
+def test_alert_types_without_a_name_come_from_mined_templates_and_keep_their_key():
+    from pagerstream.processors.intel import TemplateBook
+
+    book = TemplateBook()
+    base = replace(alert(1), labels={}, class_=None)
+    t1 = alert_type(replace(base, summary="User alice failed login from 10.0.0.7"), book)
+    t2 = alert_type(replace(base, summary="User bob failed login from 10.0.0.9"), book)
+    t3 = alert_type(replace(base, summary="Backup of volume vol-3 finished late"), book)
+    assert t1 == t2 != t3  # the cluster generalised, its key did not change
+    assert t1.startswith("db/tpl") and "failed login" in t1
+    restored = TemplateBook.from_dict(json.loads(json.dumps(book.to_dict())))
+    assert alert_type(replace(base, summary="User carol failed login from 10.0.0.1"), restored) == t1
+    assert TemplateBook.from_dict({"m": {"version": "other"}}).names == {}  # unknown state: start over
