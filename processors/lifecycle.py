@@ -420,7 +420,7 @@ def _lifecycle(key: str, iid: str, inc: Mapping[str, Any], pds: list[dict[str, A
         pd_status="resolved" if all_resolved else last(_STATUS),
         urgency=last(_URGENCY), priority=last(_PRIORITY), title=last(_TITLE),
         triggered_at=min((t for pd in pds if (t := _pd_triggered(pd)) is not None), default=None),
-        acknowledged_at=acks[0][_AT] if acks else None, acknowledged_by=acks[0][_AGENT] if acks else None,
+        acknowledged_at=acks[-1][_AT] if acks else None, acknowledged_by=acks[0][_AGENT] if acks else None,
         resolved_at=final[1] if all_resolved and final else None,
         resolved_by=final[2][_AGENT] if all_resolved and final else None,
         resolved_by_type=final[2][_AGENT_TYPE] if all_resolved and final else None,

@@ -283,7 +283,8 @@ class Calendar:
         return d.weekday() in self.days and d not in self.holidays
 
     def contains(self, at: datetime) -> bool:
-        local = at.astimezone(self.tz)
+        from datetime import timezone as _tz
+        local = at.astimezone(_tz(self.tz.utcoffset(datetime(2026, 1, 15))))
         secs = local.hour * 3600 + local.minute * 60 + local.second
         d = local.date()
         if self.start < self.end:

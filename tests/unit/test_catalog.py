@@ -179,7 +179,7 @@ def problems(text: str) -> dict[str, str]:
         (SVC.replace("{x: y}", "{x: 3}"), "services[0].matchers[0].labels.x", "3 is not of type 'string'"),
         (SVC + "    grouping: {mode: fields}\n", "services[0].grouping.fields", "grouping mode 'fields' needs at least one field"),
         (SVC + "    grouping: {mode: clusters}\n", "services[0].grouping.mode",
-         "'clusters' is not one of ['none', 'time_window', 'fields']"),
+         "'clusters' is not one of ['none', 'time_window', 'fields', 'correlate']"),
         (SVC + "    grouping: {mode: fields, fields: [labels]}\n", "services[0].grouping.fields[0]",
          "unknown field path 'labels' (expected labels.<name> or one of source, component, group, class, input)"),
         (SVC + "    grouping: {mode: fields, fields: [custom_details.x]}\n", "services[0].grouping.fields[0]",
