@@ -30,12 +30,15 @@ services:
 """
 
 
-def test_rate_burst_is_predicted_with_an_explanation(workers, tmp_path):
+def test_rate_burst_is_predicted_with_an_explanation(workers, sandbox, tmp_path):
     cat = tmp_path / "catalog.yaml"
     cat.write_text(CATALOG)
     # Ticks off for this test: the series below is built from explicit event times, so the result does
     # not depend on how fast this machine is (closing buckets on ticks is unit-tested).
-    env = workers.env({"PAGERSTREAM_RATE_BUCKET_SECONDS": "1", "PAGERSTREAM_TICK_SECONDS": "3600"})
+    # Predicted pages on, at the lowest mapped threshold: every published prediction pages.
+    env = workers.env({"PAGERSTREAM_RATE_BUCKET_SECONDS": "1", "PAGERSTREAM_TICK_SECONDS": "3600",
+                       "PAGERSTREAM_PREDICTION_PAGE": "true", "ML_PREDICTION_THRESHOLD": "0",
+                       "PAGERDUTY_ROUTING_KEY": ROUTING_KEY})
     w = workers.start(env, catalog=str(cat), name="predict")
     bs = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     prefix = env["PAGERSTREAM_TOPIC_PREFIX"]
@@ -54,7 +57,8 @@ def test_rate_burst_is_predicted_with_an_explanation(workers, tmp_path):
     #    bucket, then one more trigger that closes the burst bucket.
     t0 = (int(time.time()) + 3600) * 1000
     times = [t0 + b * 1000 + k * 300 for b in range(40) for k in range(2)]
-    times += [t0 + 40_000 + k * 5 for k in range(100)] + [t0 + 41_000]
+    times += [t0 + 40_000 + k * 5 for k in range(100)]
+    times += [t0 + b * 1000 + k * 300 for b in range(41, 46) for k in range(2)]  # back to normal
     produce_bytes(bs, prefix + "alerts.rates", [(b"payments", b'{"t":%d}' % t) for t in times])
 
     topic = prefix + "incidents.predicted"
@@ -68,3 +72,13 @@ def test_rate_burst_is_predicted_with_an_explanation(workers, tmp_path):
     assert reason["observed"] == 100 and reason["expected"][1] < 100
     m = w.metrics()
     assert "pagerstream_model_score_bucket" in m and "pagerstream_predicted_incidents_total 1.0" in m
+    assert p["pagerduty_action"] == "trigger"
+
+    # The prediction paged PagerDuty at warning level, and resolved after 3 quiet buckets, in order.
+    dedup = "pagerstream-predicted-payments"
+    calls = eventually(lambda: (r := httpx.get(sandbox.url + "/sandbox/requests", params={"dedup_key": dedup})
+                                .json()["requests"]) and len(r) >= 2 and r, timeout=60, what="predicted page + resolve")
+    assert [c["body"]["event_action"] for c in calls] == ["trigger", "resolve"]
+    trig = calls[0]["body"]
+    assert trig["payload"]["severity"] == "warning" and trig["payload"]["class"] == "predicted_incident"
+    assert trig["payload"]["custom_details"]["pagerstream"]["prediction"]["alerts_in_bucket"] == 100
