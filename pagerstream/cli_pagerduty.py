@@ -204,7 +204,7 @@ def route_cmd(config_path: str, alert_path: str, at_text: str | None, oncall_fro
     except (ValueError, yaml.YAMLError) as e:
         fail("invalid --alert file", [(alert_path, str(e))])
     try:
-        at = datetime.fromisoformat(at_text.replace("Z", "+00:00")) if at_text else datetime.now(UTC)
+        at = datetime.fromisoformat(at_text) if at_text else datetime.now(UTC)
         if at.tzinfo is None:
             raise ValueError
     except ValueError:
@@ -252,3 +252,184 @@ def route_cmd(config_path: str, alert_path: str, at_text: str | None, oncall_fro
     click.echo("Why:")
     for i, line in enumerate(decision.reason, start=1):
         click.echo(f"  {i}. {line}")
+
+
+# --- account as code (pagerstream/pagerduty/account*.py, docs/account-as-code.md) -------------------------
+
+def _account_doc(path: str):  # type: ignore[no-untyped-def]
+    """The canonical document of a YAML file; exit 2 when it cannot be read."""
+    import sys
+
+    from pagerstream.pagerduty.account import AccountError, load_file
+
+    try:
+        return load_file(path)
+    except (OSError, AccountError) as e:
+        click.echo(f"pagerstream: cannot read {path}: {e}", err=True)
+        sys.exit(2)
+
+
+def _account_start(start: str | None):  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    if not start:
+        return datetime.now(UTC).replace(second=0, microsecond=0)
+    try:
+        at = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        if at.tzinfo is None:
+            raise ValueError
+        return at
+    except ValueError:
+        raise click.BadParameter("expected an ISO-8601 time with a UTC offset", param_hint="--start") from None
+
+
+def _account_scope(doc, tenant_id: str | None):  # type: ignore[no-untyped-def]
+    from pagerstream.pagerduty.account import AccountError
+    from pagerstream.pagerduty.account_plan import resolve_scope
+
+    try:
+        return resolve_scope(doc, tenant_id)
+    except (ValueError, AccountError) as e:
+        raise click.BadParameter(str(e), param_hint="--tenant-id") from None
+
+
+_DAYS = click.option("--days", default=14, show_default=True, type=click.IntRange(1, 366),
+                     help="Check on-call coverage and show on-call changes over this many days")
+_START = click.option("--start", default=None, help="Start of the on-call window (ISO-8601 with offset) [default: now]")
+_TENANT = click.option("--tenant-id", default=None,
+                       help="Manage only this tenant's resources: names '[T] name', see docs/account-as-code.md")
+
+
+@pagerduty.command("import")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, writable=True),
+              help="Write the YAML here [default: stdout; the fidelity report then goes to stderr]")
+@_TENANT
+def account_import(output: str | None, tenant_id: str | None) -> None:
+    """Read the account (users, teams, schedules, escalation policies, services, integrations, open
+    maintenance windows) into an account-as-code YAML document, and report what it cannot hold."""
+    from pagerstream.pagerduty.account import AccountError, Scope, dump_yaml, import_account
+
+    try:
+        scope = Scope(tenant_id)
+    except AccountError as e:
+        raise click.BadParameter(str(e), param_hint="--tenant-id") from None
+    doc, fidelity = _rest_call(lambda client: import_account(client, scope))
+    text = dump_yaml(doc)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        counts = ", ".join(f"{len(doc[k])} {k.replace('_', ' ')}" for k in
+                           ("users", "teams", "schedules", "escalation_policies", "services", "maintenance_windows"))
+        click.echo(f"Wrote {output}: {counts}")
+        click.echo(fidelity.report())
+    else:
+        click.echo(text, nl=False)
+        click.echo(fidelity.report(), err=True)
+
+
+@pagerduty.command("export")
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Account document (YAML)")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, writable=True),
+              help="Write the canonical YAML here [default: stdout]")
+def account_export(path: str, output: str | None) -> None:
+    """Print a document in canonical form (what import writes); no PagerDuty call."""
+    from pagerstream.pagerduty.account import dump_yaml
+
+    text = dump_yaml(_account_doc(path))
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@pagerduty.command("validate")
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Account document (YAML)")
+@_DAYS
+@_START
+def account_validate(path: str, days: int, start: str | None) -> None:
+    """Check a document offline: services without escalation policy, escalation levels without targets,
+    schedule coverage gaps in the next N days, bad references and values. Exit 1 on problems."""
+    import sys
+
+    from pagerstream.pagerduty.account_validate import validate
+
+    doc = _account_doc(path)
+    problems = validate(doc, now=_account_start(start), days=days)
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        click.echo(f"{len(problems)} problem(s); fix them before plan/apply.", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: valid (on-call coverage checked for {days} days)")
+
+
+def _account_plan(path: str, tenant_id: str | None, days: int, start: str | None, reset_rotations: bool,
+                  then=None):  # type: ignore[no-untyped-def]
+    import sys
+
+    from pagerstream.pagerduty.account_plan import PlanRefused, plan_account
+
+    doc = _account_doc(path)
+    scope = _account_scope(doc, tenant_id)
+    now = _account_start(start)
+
+    async def run(client):  # type: ignore[no-untyped-def]
+        try:
+            plan = await plan_account(client, doc, scope=scope, now=now, days=days, reset_rotations=reset_rotations)
+        except PlanRefused as e:
+            return e
+        click.echo(plan.render())
+        return await then(client, plan) if then else plan
+
+    out = _rest_call(run)
+    if isinstance(out, PlanRefused):
+        for p in out.problems:
+            click.echo(str(p), err=True)
+        click.echo(f"Refused: {len(out.problems)} problem(s) in {path}; nothing was changed.", err=True)
+        sys.exit(1)
+    return out
+
+
+@pagerduty.command("plan")
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Desired account document (YAML)")
+@_TENANT
+@_DAYS
+@_START
+@click.option("--reset-rotations", is_flag=True, help="Preview with the document's rotation_virtual_start values")
+def account_plan(path: str, tenant_id: str | None, days: int, start: str | None, reset_rotations: bool) -> None:
+    """Show what apply would change: creates, field-level updates, deletes, and on-call changes of
+    schedules over the next N days. Read-only."""
+    _account_plan(path, tenant_id, days, start, reset_rotations)
+
+
+@pagerduty.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Desired account document (YAML)")
+@_TENANT
+@_DAYS
+@_START
+@click.option("--yes", is_flag=True, help="Apply without asking")
+@click.option("--reset-rotations", is_flag=True,
+              help="Write the document's rotation_virtual_start for existing layers (default: keep the live one)")
+def account_apply(path: str, tenant_id: str | None, days: int, start: str | None, yes: bool,
+                  reset_rotations: bool) -> None:
+    """Make the account match the document: creates and updates in dependency order, deletes in reverse."""
+    from pagerstream.pagerduty.account_plan import apply_plan
+
+    async def then(client, plan):  # type: ignore[no-untyped-def]
+        if plan.empty:
+            return None
+        if not yes and not click.confirm("Apply these changes?", default=False):
+            click.echo("Nothing changed.")
+            return None
+        result = await apply_plan(client, plan, echo=lambda line: click.echo(f"  {line}"))
+        for s in result.skipped:
+            click.echo(f"  skipped: {s}")
+        click.echo(f"Applied: {len(result.writes)} write call(s).")
+        return result
+
+    _account_plan(path, tenant_id, days, start, reset_rotations, then)

@@ -84,6 +84,8 @@ class Settings:
     transient_pause_seconds: float = 300.0
     transient_p_pause: float = 0.8
     transient_min_episodes: int = 3
+    routing_config_path: str = ""  # PAGERSTREAM_ROUTING_CONFIG: route incidents by rules (docs/routing.md)
+    schedules_path: str = ""  # PAGERSTREAM_SCHEDULES: on-call schedules kept as code, for routing
     # PagerDuty V3 webhook subscriptions we receive: (name in the URL, its signing secrets), sorted by name.
     pagerduty_webhook_secrets: tuple[tuple[str, tuple[Secret, ...]], ...] = ()
 
@@ -302,6 +304,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 kw[attr] = v
     if v := get("PAGERSTREAM_DATADIR"):
         kw["datadir"] = v
+    for name, attr in (("PAGERSTREAM_ROUTING_CONFIG", "routing_config_path"), ("PAGERSTREAM_SCHEDULES", "schedules_path")):
+        if v := get(name):
+            if not os.path.isfile(v):
+                problems.append((name, f"expected a readable YAML file; {v!r} does not exist"))
+            else:
+                kw[attr] = v
     if v := get("PAGERSTREAM_CATALOG"):
         if not os.path.isfile(v):
             problems.append(("PAGERSTREAM_CATALOG", f"expected a readable YAML file; {v!r} does not exist"))

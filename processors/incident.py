@@ -73,6 +73,7 @@ class Incident:
     similar: tuple[dict[str, Any], ...] = ()
     recurrence: str | None = None
     features: dict[str, Any] | None = None  # classifier features of the opening alert (feedback on resolve)
+    route: dict[str, Any] | None = None  # schemas RouteDecision: where it was routed and why
 
     @property
     def is_open(self) -> bool:
@@ -131,6 +132,8 @@ class OpenAdvice:
     similar: tuple[dict[str, Any], ...] = ()
     recurrence: str | None = None
     features: dict[str, Any] | None = None
+    route: dict[str, Any] | None = None  # RouteDecision record
+    routing_key: str | None = None  # the key the route chose (replaces the alert's)
 
 
 Advisor = Callable[[Alert], OpenAdvice]
@@ -176,7 +179,8 @@ def _new_incident(g: GroupState, a: Alert, grouping: Grouping,
         inc = replace(inc, alert_type=advice.alert_type, pause=advice.pause, scores=tuple(advice.scores),
                       similar=tuple(advice.similar), recurrence=advice.recurrence, features=advice.features,
                       pd_triggered=not paused, paused_until=advice.paused_until if paused else None,
-                      pending_alert=a.to_record() if paused else None)
+                      pending_alert=a.to_record() if paused else None, route=advice.route,
+                      routing_key=advice.routing_key or inc.routing_key)
     return replace(g, counter=n, current=iid), inc
 
 

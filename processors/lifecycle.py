@@ -321,7 +321,8 @@ class Lifecycle:
         return hashlib.sha256(json.dumps(rec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def lifecycles(entry: Mapping[str, Any], tz_of: Callable[[str], str] = lambda _u: "UTC") -> list[Lifecycle]:
+def lifecycles(entry: Mapping[str, Any], tz_of: Callable[[str], str] = lambda _u: "UTC", *,
+               reopen_window_ms: int = REOPEN_WINDOW_MS) -> list[Lifecycle]:
     """Every pagerstream incident of the entry with the PagerDuty incident(s) paired to it, oldest first.
 
     Pairing: a PagerDuty incident belongs to the latest *paged* pagerstream incident opened no later
@@ -348,7 +349,7 @@ def lifecycles(entry: Mapping[str, Any], tz_of: Callable[[str], str] = lambda _u
         if best is not None:
             paired[best].append(pd_id)
     out = [_lifecycle(key, iid, inc, [entry["pd"][p] | {"id": p} for p in paired[iid]], tz_of) for iid, inc in ps]
-    return _judge_auto_resolutions(out)
+    return _judge_auto_resolutions(out, reopen_window_ms)
 
 
 def _paged(inc: Mapping[str, Any]) -> bool:
@@ -420,7 +421,7 @@ def _lifecycle(key: str, iid: str, inc: Mapping[str, Any], pds: list[dict[str, A
         pd_status="resolved" if all_resolved else last(_STATUS),
         urgency=last(_URGENCY), priority=last(_PRIORITY), title=last(_TITLE),
         triggered_at=min((t for pd in pds if (t := _pd_triggered(pd)) is not None), default=None),
-        acknowledged_at=acks[-1][_AT] if acks else None, acknowledged_by=acks[0][_AGENT] if acks else None,
+        acknowledged_at=acks[0][_AT] if acks else None, acknowledged_by=acks[0][_AGENT] if acks else None,
         resolved_at=final[1] if all_resolved and final else None,
         resolved_by=final[2][_AGENT] if all_resolved and final else None,
         resolved_by_type=final[2][_AGENT_TYPE] if all_resolved and final else None,
@@ -431,7 +432,7 @@ def _lifecycle(key: str, iid: str, inc: Mapping[str, Any], pds: list[dict[str, A
     )
 
 
-def _judge_auto_resolutions(lcs: list[Lifecycle]) -> list[Lifecycle]:
+def _judge_auto_resolutions(lcs: list[Lifecycle], window_ms: int) -> list[Lifecycle]:
     """held / needed_human for every auto-resolution (docs/analytics.md, 'Auto-resolution accuracy')."""
     out = []
     for lc in lcs:
@@ -439,7 +440,7 @@ def _judge_auto_resolutions(lcs: list[Lifecycle]) -> list[Lifecycle]:
             out.append(lc)
             continue
         done = lc.pagerstream_resolved_at or lc.opened_at
-        came_back = any(o.human_actions > 0 and done < o.opened_at <= done + REOPEN_WINDOW_MS
+        came_back = any(o.human_actions > 0 and done < o.opened_at <= done + window_ms
                         for o in lcs if o.lifecycle_id != lc.lifecycle_id)
         verdict = "needed_human" if lc.human_actions > 0 or came_back else "held"
         out.append(replace(lc, auto_resolution=verdict))
@@ -514,7 +515,7 @@ class _Acc:
     needed_human: int = 0
     pending: int = 0
 
-    def add(self, lc: Lifecycle, now_ms: int) -> None:
+    def add(self, lc: Lifecycle, now_ms: int, window_ms: int) -> None:
         self.incidents += 1
         self.paged += int(lc.paged)
         self.alerts_in += lc.alerts_in
@@ -532,7 +533,7 @@ class _Acc:
             self.auto += 1
             if lc.auto_resolution == "needed_human":
                 self.needed_human += 1
-            elif now_ms - (lc.pagerstream_resolved_at or lc.opened_at) < REOPEN_WINDOW_MS:
+            elif now_ms - (lc.pagerstream_resolved_at or lc.opened_at) < window_ms:
                 self.pending += 1
 
     def result(self) -> dict[str, Any]:
@@ -563,15 +564,18 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def aggregate(lcs: Iterable[Lifecycle], *, since_ms: int, until_ms: int, by: tuple[str, ...] = (),
-              now_ms: int) -> dict[str, Any]:
-    """The analytics of the incidents opened in [since, until), grouped by service/team/severity."""
+              now_ms: int, reopen_window_ms: int = REOPEN_WINDOW_MS) -> dict[str, Any]:
+    """The analytics of the incidents opened in [since, until), grouped by service/team/severity.
+
+    An auto-resolution judged `held` is `pending` (left out of the accuracy) until the reopen window
+    after it has passed."""
     groups: dict[tuple[str, ...], _Acc] = {}
     total = _Acc()
     for lc in lcs:
         if not since_ms <= lc.opened_at < until_ms:
             continue
         labels = dict(zip(GROUP_BY, lc.labels()))
-        groups.setdefault(tuple(labels[d] for d in by), _Acc()).add(lc, now_ms)
-        total.add(lc, now_ms)
+        groups.setdefault(tuple(labels[d] for d in by), _Acc()).add(lc, now_ms, reopen_window_ms)
+        total.add(lc, now_ms, reopen_window_ms)
     rows = [dict(zip(by, k)) | acc.result() for k, acc in sorted(groups.items())]
     return {"since": since_ms, "until": until_ms, "by": list(by), "groups": rows, "total": total.result()}

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faust
@@ -113,6 +113,9 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         self.transient_settings = TransientSettings(
             enabled=settings.transient_pause, pause_s=settings.transient_pause_seconds,
             p_pause=settings.transient_p_pause, min_episodes=settings.transient_min_episodes)
+        self.routing = self._load_routing(settings)
+        self.oncall_view: Any = None  # routing's OnCallView, refreshed by _refresh_oncall
+        self.oncall_store: Any = None
         self.redis: aioredis.Redis | None = None
         self.forwarder: Forwarder | None = None
         self._deadlines: dict[int, list[tuple[int, str]]] = {}
@@ -135,10 +138,53 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         s = self.settings
         self.redis = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None,
                                        socket_timeout=2, socket_connect_timeout=2)
+        await self._refresh_oncall()
         limiter = RateLimiter(self.redis, s.pd_rate_per_second, s.pd_burst)
         self.forwarder = Forwarder(enqueue_url=s.events_enqueue_url, change_url=s.events_change_url,
                                    limiter=limiter, metrics=self.metrics, timeout_s=s.pd_timeout_seconds,
                                    inline_budget_s=s.pd_max_inline_retry_seconds)
+
+    @staticmethod
+    def _load_routing(settings: Settings) -> Any:
+        """Routing rules (docs/routing.md), checked at start: a bad file stops the worker."""
+        if not settings.routing_config_path:
+            return None
+        from pagerstream.pagerduty.routing import load_routing_config, routing_secrets_from_env
+
+        return load_routing_config(settings.routing_config_path, secrets=routing_secrets_from_env())
+
+    async def _refresh_oncall(self) -> None:
+        """Who is on call for the policies the routing rules name, and their load, kept in memory for
+        the incident stage (which must not wait on Redis or REST per incident)."""
+        if self.routing is None or self.redis is None:
+            return
+        from pagerstream.pagerduty.oncall_store import OnCallStore, SchedulesAsCode
+
+        if self.oncall_store is None:
+            s = self.settings
+            schedules = SchedulesAsCode.load(s.schedules_path) if s.schedules_path else None
+            self.oncall_store = OnCallStore(self.redis, schedules=schedules, policy_ids=self.routing.policy_ids(),
+                                            namespace=(s.topic_prefix.strip(".") or "default")[:60])
+        try:
+            self.oncall_view = await self.oncall_store.view(self.routing.policy_ids())
+        except Exception as e:  # noqa: BLE001 - keep the last view; routing says "load unknown"
+            log.warning("on-call view not refreshed: %s", type(e).__name__)
+
+    def _route(self, a: Alert, adv: Any, alert_type_: str) -> Any:
+        from datetime import UTC, datetime
+
+        from pagerstream.pagerduty.routing import IncidentContext
+
+        cat, note = IncidentContext._category(adv.scores)
+        ctx = IncidentContext(service=a.service, team=a.team, tier=int(a.tier) if (a.tier or "").isdigit() else None,
+                              severity=a.severity, category=cat, labels=dict(a.labels), alert_type=alert_type_,
+                              summary=a.summary, category_note=note)
+        d = self.routing.route(ctx, datetime.fromtimestamp(a.received_at / 1000, UTC), self.oncall_view)
+        route = {"rule": d.rule, "routing_key_name": d.routing_key_name, "routing_key_hint": d.routing_key_hint,
+                 "escalation_policy_id": d.escalation_policy_id,
+                 "responder_id": d.responder.id if d.responder else None, "reason": list(d.reason)}
+        self.metrics.model_decisions.labels("route", d.rule).inc()
+        return replace(adv, route=route, routing_key=d.routing_key.get() if d.routing_key else None)
 
     async def stop_side_services(self) -> None:
         await self.catalog.stop()
@@ -238,6 +284,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         app.agent(self.feedback_topic, name="learn", concurrency=1)(self._agent_learn)
         app.agent(self.lifecycle_sources, name="lifecycle", concurrency=1)(self._agent_lifecycle)
         app.timer(5.0)(self._checkpoint_timer)
+        app.timer(30.0)(self._refresh_oncall)
         if o.enable_forwarder:
             # One actor per partition: partitions deliver concurrently, each strictly in order.
             app.agent(self.outbox_topic, name="forward", isolated_partitions=True)(self._agent_forward)
@@ -363,6 +410,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
                             self.transient_settings, classifier=self.models.classifier, cache=self.pred_cache,
                             index=self.models.index, type_=t)
         self.transient[tkey] = entry.to_dict()
+        if self.routing is not None:
+            adv = self._route(a, adv, t)
         m = self.metrics
         m.model_latency.labels("advise").observe(time.perf_counter() - t0)
         for sc in adv.scores:

@@ -65,6 +65,7 @@ DAY_MS = 86_400_000
 DEFAULT_WINDOW_MS = 7 * DAY_MS
 TIMEZONES_ENV = "PAGERSTREAM_RESPONDER_TIMEZONES"  # path of a YAML map: PagerDuty user id -> IANA zone
 RETENTION_ENV = "PAGERSTREAM_LIFECYCLE_RETENTION_DAYS"
+REOPEN_ENV = "PAGERSTREAM_LIFECYCLE_REOPEN_SECONDS"  # auto-resolution follow-up window (default 3600)
 
 
 class LifecycleAgents:
@@ -82,7 +83,8 @@ class LifecycleAgents:
         send = app.topic(join, internal=False, **raw)
         sources = app.topic(n["incidents"], n["pagerduty.webhooks"], join, internal=True, partitions=s.partitions,
                             retention=JOIN_RETENTION, deleting=True, **raw)
-        self._lc_zones()  # a bad responder time zone file stops start-up here
+        self._lc_zones()  # a bad responder time zone file (or number below) stops start-up here
+        self._lc_reopen_ms(), self._lc_retention_ms()
         self.install_analytics_routes(app.web.web_app.router)
         return send, sources
 
@@ -102,6 +104,9 @@ class LifecycleAgents:
         if getattr(self, "_lc_pd_codec", None) is None:
             self._lc_pd_codec = AvroCodec("pagerduty_webhook")
         return self._lc_pd_codec
+
+    def _lc_reopen_ms(self) -> int:
+        return int(float(os.environ.get(REOPEN_ENV, "") or 3600) * 1000)
 
     def _lc_retention_ms(self) -> int:
         days = float(os.environ.get(RETENTION_ENV, "") or 35)
@@ -196,7 +201,7 @@ class LifecycleAgents:
         """Publish the lifecycles whose content changed, and tell the metrics what is new."""
         out, seen = entry.setdefault("out", {}), entry.setdefault("obs", {})
         codec = self.codecs["incident_lifecycle"]
-        for lc in lifecycles(entry, self._lc_zones()):
+        for lc in lifecycles(entry, self._lc_zones(), reopen_window_ms=self._lc_reopen_ms()):
             digest = lc.digest()
             if out.get(lc.lifecycle_id) != digest:
                 await self.lifecycle_topic.send(key=lc.lifecycle_id.encode(), value=codec.encode(lc.to_record(now)))
@@ -260,9 +265,10 @@ class LifecycleAgents:
             return web.json_response({"status": "invalid", "errors": [str(e)]}, status=400)
         if since >= until:
             return web.json_response({"status": "invalid", "errors": ["since must be before until"]}, status=400)
-        tz = self._lc_zones()
-        lcs = [lc for _, entry in self.lifecycles.items() if entry for lc in lifecycles(entry, tz)]
-        body = aggregate(lcs, since_ms=since, until_ms=until, by=by, now_ms=now)
+        tz, window = self._lc_zones(), self._lc_reopen_ms()
+        lcs = [lc for _, entry in self.lifecycles.items() if entry
+               for lc in lifecycles(entry, tz, reopen_window_ms=window)]
+        body = aggregate(lcs, since_ms=since, until_ms=until, by=by, now_ms=now, reopen_window_ms=window)
         try:
             actives = sorted(tp.partition for tp in self.app.assignor.assigned_actives()
                              if tp.topic == self.settings.topic_prefix + JOIN_TOPIC)

@@ -634,8 +634,9 @@ class RestSandboxState:
         return {"id": iid, "type": otype + "_reference", "summary": obj["summary"], "self": obj["self"],
                 "html_url": obj["html_url"]}
 
-    def sync_user_teams(self) -> None:
-        """Users' read-only `teams` follow the membership table (team_roles)."""
+    def sync_user_teams(self, *, adopt: bool = False) -> None:
+        """Users' read-only `teams` follow the membership table (team_roles); `adopt` (seeding) first takes
+        memberships given as user.teams references into the table."""
         for (tid, uid) in list(self.team_roles):
             if tid not in self.collections["teams"] or uid not in self.collections["users"]:
                 del self.team_roles[(tid, uid)]
@@ -643,8 +644,9 @@ class RestSandboxState:
             mine = [tid for (tid, u) in self.team_roles if u == uid]
             kept = [t for t in user.get("teams") or [] if t.get("id") in self.collections["teams"]
                     and t.get("id") not in mine]
-            for t in kept:  # memberships seeded as user.teams references
+            for t in kept if adopt else ():  # memberships seeded as user.teams references
                 self.team_roles.setdefault((t["id"], uid), "manager")
+            kept = kept if adopt else []
             user["teams"] = [self.reference("teams", tid) for tid in
                              dict.fromkeys([t["id"] for t in kept] + mine)]
 
@@ -698,7 +700,7 @@ class RestSandboxState:
                     raise ValueError("'audit_records' must be a list or {count}")
                 self.audit_records.extend(copy.deepcopy(recs))
                 created["audit_records"] = [r.get("id", "") for r in recs]
-            self.sync_user_teams()
+            self.sync_user_teams(adopt=True)
         return {"created": {k: len(v) if k == "oncalls" else v for k, v in created.items()}}
 
     def _expand(self, coll: str, spec: Any) -> list[dict]:

@@ -104,7 +104,7 @@ class SchedulesAsCode:
     policies: Mapping[str, Mapping[str, Any]]
 
     @classmethod
-    def parse(cls, text: str, *, file: str = "<string>") -> "SchedulesAsCode":
+    def parse(cls, text: str, *, file: str = "<string>") -> SchedulesAsCode:
         problems: list[tuple[str, str]] = []
         try:
             doc = yaml.safe_load(text)
@@ -155,7 +155,7 @@ class SchedulesAsCode:
         return cls(users, schedules, policies)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SchedulesAsCode":
+    def load(cls, path: str | Path) -> SchedulesAsCode:
         return cls.parse(Path(path).read_text(encoding="utf-8"), file=str(path))
 
     def user(self, uid: str) -> OnCallUser:
@@ -513,7 +513,7 @@ async def run_refresher(store: OnCallStore, *, interval_s: float = 60.0, stop: a
             break
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

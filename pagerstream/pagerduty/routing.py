@@ -42,7 +42,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,6 +59,7 @@ __all__ = [
     "OnCallSnapshot",
     "OnCallUser",
     "OnCallView",
+    "ReassignResult",
     "Responder",
     "RouteDecision",
     "RoutingConfig",
@@ -67,7 +68,6 @@ __all__ = [
     "load_routing_secrets",
     "parse_routing_config",
     "parse_routing_secrets",
-    "ReassignResult",
     "reassign_with_note",
     "route",
     "routing_secrets_from_env",
@@ -129,7 +129,7 @@ class IncidentContext:
 
     @classmethod
     def from_incident(cls, incident: Any, alert: Any = None, labels: Mapping[str, str] | None = None
-                      ) -> "IncidentContext":
+                      ) -> IncidentContext:
         """From `processors.incident.Incident` (+ the alert that opened it, for its labels)."""
         cat, note = cls._category(getattr(incident, "scores", ()))
         lab = dict(labels if labels is not None else (getattr(alert, "labels", None) or {}))
@@ -138,7 +138,7 @@ class IncidentContext:
                    incident_id=incident.incident_id, summary=incident.summary, category_note=note)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "IncidentContext":
+    def from_dict(cls, d: Mapping[str, Any]) -> IncidentContext:
         """From a plain mapping (the CLI's --alert file): service, team, tier, severity, category or
         scores, labels, alert_type, incident_id, summary. A PagerDuty Events v2 body also works: its
         payload.severity/summary are used and payload.custom_details strings become labels."""
@@ -219,7 +219,7 @@ class OnCallSnapshot:
                             "next_users": users(lv.next_users), "next_at": _iso(lv.next_at)} for lv in self.levels]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> "OnCallSnapshot":
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> OnCallSnapshot:
         def users(xs: Any) -> tuple[OnCallUser, ...]:
             return tuple(OnCallUser(str(x["id"]), x.get("name"), x.get("email")) for x in xs or ())
 
@@ -283,8 +283,7 @@ class Calendar:
         return d.weekday() in self.days and d not in self.holidays
 
     def contains(self, at: datetime) -> bool:
-        from datetime import timezone as _tz
-        local = at.astimezone(_tz(self.tz.utcoffset(datetime(2026, 1, 15))))
+        local = at.astimezone(self.tz)
         secs = local.hour * 3600 + local.minute * 60 + local.second
         d = local.date()
         if self.start < self.end:
@@ -477,7 +476,7 @@ class RoutingConfig:
                     out.append(t.routing_key)
         return out
 
-    def with_secrets(self, secrets: Mapping[str, Secret | str], *, strict: bool = True) -> "RoutingConfig":
+    def with_secrets(self, secrets: Mapping[str, Secret | str], *, strict: bool = True) -> RoutingConfig:
         """A copy using `secrets` (name -> key). strict: every referenced name must be present."""
         sec = {k: v if isinstance(v, Secret) else Secret(str(v)) for k, v in secrets.items()}
         if strict:
@@ -716,9 +715,9 @@ def _merge(over: RouteTarget, base: RouteTarget) -> RouteTarget:
                          for f in ("routing_key", "escalation_policy", "urgency", "levels", "assign")))
 
 
-def _aware(at: datetime | str | int | float) -> datetime:
+def _aware(at: datetime | str | float) -> datetime:
     if isinstance(at, (int, float)) and not isinstance(at, bool):
-        return datetime.fromtimestamp(at / 1000, timezone.utc)  # epoch ms, like Incident.opened_at
+        return datetime.fromtimestamp(at / 1000, UTC)  # epoch ms, like Incident.opened_at
     if isinstance(at, str):
         at = _parse_dt(at)  # type: ignore[assignment]
     if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
@@ -796,7 +795,7 @@ def _parse_days(v: Any, where: str, p: _Problems) -> frozenset[int]:
                 p.add(where, f"unknown day range {item!r} (use mon..sun)")
                 continue
             i, j = DAY_NAMES.index(a), DAY_NAMES.index(b)
-            out.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+            out.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(j + 1)])
         elif s in DAY_NAMES:
             out.add(DAY_NAMES.index(s))
         else:
@@ -997,7 +996,7 @@ def parse_routing_config(text: str, *, file: str = "<string>",
     routing key name the config uses must be in it."""
     p = _Problems()
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "yaml"

@@ -196,3 +196,42 @@ def test_correlate_grouping_mode_joins_related_alerts_into_one_page(workers, san
     reqs = httpx.get(sandbox.url + "/sandbox/requests").json()["requests"]
     ours = [r for r in reqs if r["body"].get("dedup_key", "").startswith("pagerstream-" + evs[0]["incident_id"])]
     assert [r["body"]["event_action"] for r in ours] == ["trigger"]  # one page for both alerts
+
+
+ROUTING_CATALOG = """
+version: 1
+services:
+  - name: search
+    team: discovery
+    tier: 2
+    matchers: [{source: "^search-[0-9]+$"}]
+"""
+
+
+def test_incidents_are_routed_by_rules_with_the_reason_recorded(workers, sandbox, tmp_path):
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "routing"
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(ROUTING_CATALOG)
+    keys = {"security": "SECKEYTEST0000000000000000000S3C", "payments": "PAYKEYTEST0000000000000000000PAY",
+            "payments-after-hours": "AFTERHOURSTEST00000000000000AH42", "discovery": "DISKEYTEST0000000000000000000D1S",
+            "tickets": "TICKETKEYTEST0000000000000000TIX", "catch-all": "CATCHALLTEST0000000000000000CALL"}
+    env = workers.env({"PAGERSTREAM_ROUTING_CONFIG": str(fixtures / "routing.example.yaml"),
+                       "PAGERSTREAM_ROUTING_KEYS": ",".join(f"{k}={v}" for k, v in keys.items())})
+    w = workers.start(env, catalog=str(cat), name="routing")
+    bs, prefix = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), env["PAGERSTREAM_TOPIC_PREFIX"]
+    dedup = f"route-{uuid.uuid4().hex[:6]}"
+    body = {"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": dedup,
+            "payload": {"summary": "search p99 high", "source": "search-1", "severity": "info"}}
+    assert httpx.post(w.url + "/v2/enqueue", json=body).status_code == 202
+    ev = eventually(lambda: [e for e in _incident_events(bs, prefix, dedup) if e["change"] == "opened"],
+                    what="opened")[0]
+    assert ev["route"]["rule"] == "low-noise" and ev["route"]["routing_key_name"] == "tickets"
+    assert ev["route"]["reason"] and ev["routing_key_hint"] == keys["tickets"][-4:]
+    calls = eventually(lambda: httpx.get(sandbox.url + "/sandbox/requests", params={"dedup_key": dedup}).json()["requests"],
+                       what="the trigger")
+    assert calls[0]["body"]["routing_key"] == keys["tickets"]  # not the sender's key: the routed one
+    httpx.post(w.url + "/v2/enqueue", json={"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": dedup})
+    calls = eventually(lambda: (r := httpx.get(sandbox.url + "/sandbox/requests", params={"dedup_key": dedup})
+                                .json()["requests"]) and len(r) == 2 and r, what="the resolve")
+    assert [c["body"]["event_action"] for c in calls] == ["trigger", "resolve"]
+    assert calls[1]["body"]["routing_key"] == keys["tickets"]  # the resolve follows the routed key

@@ -247,10 +247,12 @@ def test_reordered_and_duplicated_deliveries_give_the_same_lifecycle_and_metrics
     assert len(orders) == 24
 
 
-def test_a_late_acknowledge_after_resolve_is_still_counted_once():
+def test_histograms_hear_the_first_acknowledge_even_when_a_later_one_is_delivered_first():
     ps, pd = story()
-    pd = [p for p in pd if p["event_id"] != "E4"]
-    late = ps + [pd[0], pd[1], pd[3], pd[2], pd[2]]  # resolve, then the (earlier) acknowledge, twice
+    e1, e2, e3, e4, e5 = pd
+    late = ps + [e1, e2, e4, e3, e3, e5]  # Alice's later acknowledge arrives before Bob's first one
+    assert _metric_totals(late)["mtta_seconds"] == [960.0]
+    late = ps + [e1, e2, e5, e3, e3]  # resolve, then the acknowledge, twice
     assert _metric_totals(late)["mtta_seconds"] == [960.0]
 
 
@@ -286,6 +288,19 @@ def test_one_dedup_key_through_several_incidents():
     assert (two.lifecycle_id, two.pd_incident_ids, two.tta_ms, two.ttr_ms) == ("inc-2", ("PDB",), 60_000, None)
     assert three.pd_incident_ids == () and three.paused and not three.paged
     assert three.resolution == "resolved_while_paused"
+
+
+def test_an_incident_pagerduty_never_saw_gets_no_pagerduty_incident():
+    """PagerDuty was slow: the trigger of a paged incident lands after a later, paused one opened."""
+    ps = [inc_event("inc-1", 1, "opened", T, pd_action="trigger"),
+          inc_event("inc-1", 2, "resolved", T + 50_000, state="resolved", resolved_at=T + 50_000, opened_at=T,
+                    pd_action="resolve"),
+          inc_event("inc-2", 1, "opened", T + 100_000, detail="paused")]
+    pd = [hook("L1", "incident.triggered", T + 200_000), hook("L2", "incident.resolved", T + 201_000,
+                                                               status="resolved")]
+    entry, _ = fold(ps + pd)
+    one, two = L.lifecycles(entry, TZ)
+    assert one.pd_incident_ids == ("PD1",) and two.pd_incident_ids == ()
 
 
 # --- auto-resolution accuracy ----------------------------------------------------------------------------

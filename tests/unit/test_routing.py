@@ -410,7 +410,7 @@ def test_max_open_makes_someone_unavailable():
 
 
 def test_skills_choice_beats_load_and_falls_back_to_load():
-    base = dict(team="payments", service="orders", severity="error")
+    base = {"team": "payments", "service": "orders", "severity": "error"}
     v = view("PPAYEP1", {1: [ANN, BOB], 2: [CEM]}, {"PANN001": 3, "PBOB001": 0, "PCEM001": 1})
     d = route(CFG, ctx(**base, labels={"skill": "postgres"}), MON_NOON, v)
     # ann and cem know postgres; cem has fewer open incidents
@@ -652,7 +652,7 @@ EMAIL = "router.bot@example.com"
 
 
 def pd_fixture(now: datetime) -> dict:
-    iso = lambda dt: dt.isoformat()  # noqa: E731
+    iso = lambda dt: dt.isoformat()
     return {
         "users": [{"id": "PBOT001", "name": "Router Bot", "email": EMAIL},
                   {"id": "PUSER01", "name": "Ada Responder", "email": "ada@example.com"},
@@ -676,9 +676,10 @@ def pd_fixture(now: datetime) -> dict:
 
 
 def with_sandbox(scenario):
-    from pagerstream.pagerduty.rest import PagerDutyREST
     from pagerstream.streams import pd_sandbox
     from pagerstream.streams.pd_rest_sandbox import rest_state
+
+    from pagerstream.pagerduty.rest import PagerDutyREST
 
     async def main():
         async with pd_sandbox.SandboxServer(host="127.0.0.1", port=0) as sb:
@@ -796,7 +797,7 @@ def test_reassign_changes_assignment_and_adds_note_in_sandbox_state():
             return res, inc, list(state.notes.get("PINC001", [])), puts
         return scenario()
 
-    res, inc, notes, puts = with_sandbox(inner)
+    _res, inc, notes, puts = with_sandbox(inner)
     assert [a["assignee"]["id"] for a in inc["assignments"]] == ["PUSER02"]
     assert inc["assigned_via"] == "direct_assignment"
     assert len(notes) == 1
@@ -871,9 +872,10 @@ def test_cli_route_json_alert_secrets_from_env_and_no_oncall(tmp_path):
 
 
 def test_cli_route_against_rest_sandbox():
-    from pagerstream.cli import main
     from pagerstream.streams import pd_sandbox
     from pagerstream.streams.pd_rest_sandbox import rest_state
+
+    from pagerstream.cli import main
 
     with pd_sandbox.SandboxServer() as sb:
         state = rest_state(sb.app)

@@ -128,6 +128,9 @@ RECORDS: dict[str, dict[str, Any]] = {
         "similar": [{"incident_id": "0a1b-3", "summary": "checkout latency after deploy", "service": "checkout",
                      "resolved_at": T0 - 86_400_000, "score": 0.77, "why": "latency, checkout"}],
         "recurrence": "daily at 02:00 UTC",
+        "route": {"rule": "sec-p1", "routing_key_name": "security", "routing_key_hint": "K3Y9",
+                  "escalation_policy_id": "PSEC01", "responder_id": "PANN01",
+                  "reason": ["tier 1 + category security -> rule 'sec-p1'"]},
     },
     "pagerduty_event": {
         "event_id": "inc-3b9f#1",
