@@ -275,7 +275,7 @@ def _account_start(start: str | None):  # type: ignore[no-untyped-def]
     if not start:
         return datetime.now(UTC).replace(second=0, microsecond=0)
     try:
-        at = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        at = datetime.fromisoformat(start)
         if at.tzinfo is None:
             raise ValueError
         return at

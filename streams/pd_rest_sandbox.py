@@ -14,7 +14,10 @@ per token unless changed) and the 429 body `{"error": {"message": "Rate Limit Ex
 
 Data: seeded from the spec's examples (rest-examples/*.json; on-call examples re-timed to cover now)
 plus whatever tests POST to /sandbox/rest/seed. Incidents (acknowledge, resolve, reassign, notes) and
-webhook subscriptions (secret returned once on create) live in memory.
+webhook subscriptions (secret returned once on create) live in memory, and so does the account
+configuration that `pagerstream pagerduty apply` writes: users, teams and their members, schedules,
+escalation policies, services, service integrations and maintenance windows (see "account configuration"
+below for the referential rules it enforces).
 
 Deliberate deviations, all in the direction of being stricter than PagerDuty:
 * unknown query parameters are rejected (PagerDuty ignores them), to catch client typos;

@@ -15,13 +15,22 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 from pagerstream.pagerduty.account import (
-    KEY_FIELD, KIND_LABEL, KIND_ORDER, LiveAccount, Scope, _time_str, account_from_live, fetch_live,
-    parse_time, ref_id,
+    KEY_FIELD,
+    KIND_LABEL,
+    KIND_ORDER,
+    LiveAccount,
+    Scope,
+    _time_str,
+    account_from_live,
+    fetch_live,
+    parse_time,
+    ref_id,
 )
 from pagerstream.pagerduty.account_timeline import timeline_diff
 from pagerstream.pagerduty.account_validate import Problem, validate
@@ -274,10 +283,11 @@ def _diff_resource(kind: str, desired: dict, live: dict) -> list[FieldChange]:
 # the plan
 # ------------------------------------------------------------------------------------------------
 
-def build_plan(desired: dict, live: LiveAccount, *, scope: Scope = Scope(), now: datetime, days: int = 14,
+def build_plan(desired: dict, live: LiveAccount, *, scope: Scope | None = None, now: datetime, days: int = 14,
                reset_rotations: bool = False, from_email: str | None = None) -> Plan:
     """Compare a canonical, valid document with the live account. Raises PlanRefused when the document
     breaks a validation rule (checked here with the account's ids known)."""
+    scope = scope or Scope()
     live_doc, _fid = account_from_live(live, scope, users="all")
     known = {"users": {u["id"] for u in live.users}, "teams": {t["id"] for t in live.teams},
              "schedules": {s["id"] for s in live.schedules},
@@ -417,8 +427,8 @@ def _plan_integrations(plan: Plan, d: dict, x: dict) -> None:
         plan.changes.append(ch)
     for xi in deletes:
         plan.changes.append(Change("integrations", "manual", xi["name"], live_id=xi["id"], live=xi, service=service,
-                                   notes=["the REST API has no call to delete an integration; remove it in the "
-                                          "web UI (or delete the service)"]))
+                                   notes=[("the REST API has no call to delete an integration; remove it in the "
+                                           "web UI (or delete the service)")]))
 
 
 def _creatable() -> frozenset[str]:
@@ -426,8 +436,9 @@ def _creatable() -> frozenset[str]:
     return CREATABLE_INTEGRATION_TYPES
 
 
-async def plan_account(client: Any, desired: dict, *, scope: Scope = Scope(), now: datetime, days: int = 14,
+async def plan_account(client: Any, desired: dict, *, scope: Scope | None = None, now: datetime, days: int = 14,
                        reset_rotations: bool = False) -> Plan:
+    scope = scope or Scope()
     live = await fetch_live(client, scope)
     return build_plan(desired, live, scope=scope, now=now, days=days, reset_rotations=reset_rotations,
                       from_email=getattr(client, "from_email", None))
@@ -534,10 +545,10 @@ class _Applier:
             "services": [self.ref("services", s, "service_reference") for s in d["services"]]}}
 
     # -- steps ---------------------------------------------------------------------------------------
-    _PATH = {"users": "/users", "teams": "/teams", "schedules": "/schedules",
+    _PATH: ClassVar[dict[str, str]] = {"users": "/users", "teams": "/teams", "schedules": "/schedules",
              "escalation_policies": "/escalation_policies", "services": "/services",
              "maintenance_windows": "/maintenance_windows"}
-    _WRAP = {"users": "user", "teams": "team", "schedules": "schedule", "escalation_policies": "escalation_policy",
+    _WRAP: ClassVar[dict[str, str]] = {"users": "user", "teams": "team", "schedules": "schedule", "escalation_policies": "escalation_policy",
              "services": "service", "maintenance_windows": "maintenance_window"}
 
     def body(self, kind: str, d: dict) -> dict:
@@ -606,7 +617,7 @@ async def apply_plan(client: Any, plan: Plan, *, echo: Callable[[str], None] | N
     return await _Applier(client, plan, echo).run()
 
 
-async def apply_account(client: Any, desired: dict, *, scope: Scope = Scope(), now: datetime, days: int = 14,
+async def apply_account(client: Any, desired: dict, *, scope: Scope | None = None, now: datetime, days: int = 14,
                         reset_rotations: bool = False, echo: Callable[[str], None] | None = None
                         ) -> tuple[Plan, ApplyResult]:
     plan = await plan_account(client, desired, scope=scope, now=now, days=days, reset_rotations=reset_rotations)

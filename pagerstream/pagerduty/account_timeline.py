@@ -4,8 +4,10 @@ document describes, its gaps, and the difference between two versions of a sched
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from itertools import pairwise
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pagerstream.pagerduty.oncall import Schedule, parse_schedule, resolve_time_zone
@@ -72,7 +74,7 @@ def timeline_diff(old: Mapping[str, Any], new: Mapping[str, Any], since: datetim
     lo, hi = _ts(since), _ts(until)
     points = sorted({lo, hi} | {x for s, e, _ in sa + sb for x in (s, e) if lo <= x <= hi})
     spans: list[list[Any]] = []  # [start, end, old user, new user]
-    for p, q in zip(points, points[1:]):
+    for p, q in pairwise(points):
         u_old, u_new = _who(sa, p), _who(sb, p)
         if u_old == u_new:
             continue

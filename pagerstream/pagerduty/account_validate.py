@@ -10,13 +10,21 @@ references that point nowhere, integrations the REST API cannot create.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pagerstream.pagerduty.account import (
-    CREATABLE_INTEGRATION_TYPES, FIELDS, KEY_FIELD, KIND_LABEL, KIND_ORDER, SERVICE_STATUSES, TOP_LEVEL,
-    parse_time, ref_id,
+    CREATABLE_INTEGRATION_TYPES,
+    FIELDS,
+    KEY_FIELD,
+    KIND_LABEL,
+    KIND_ORDER,
+    SERVICE_STATUSES,
+    TOP_LEVEL,
+    parse_time,
+    ref_id,
 )
 from pagerstream.pagerduty.account_timeline import format_span, schedule_gaps
 from pagerstream.pagerduty.oncall import resolve_time_zone
@@ -255,7 +263,7 @@ def validate(doc: Mapping[str, Any], *, now: datetime, days: int = 14,
                 c.add("missing-field", lw, "users must list at least one user")
                 ok = False
             else:
-                ok = all([c.ref("users", u, lw, "user") for u in users]) and ok
+                ok = all([c.ref("users", u, lw, "user") for u in users]) and ok  # noqa: C419 (report every bad reference)
             restrictions = lay.get("restrictions", [])
             if not isinstance(restrictions, list):
                 c.add("invalid-value", lw, "restrictions must be a list")
