@@ -116,6 +116,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         self.routing = self._load_routing(settings)
         self.oncall_view: Any = None  # routing's OnCallView, refreshed by _refresh_oncall
         self.oncall_store: Any = None
+        self.pd_rest: Any = None  # REST client + Redis cache, when PAGERDUTY_API_KEY / _USER_TOKEN is set
+        self.pd_cache: Any = None
         self.redis: aioredis.Redis | None = None
         self.forwarder: Forwarder | None = None
         self._deadlines: dict[int, list[tuple[int, str]]] = {}
@@ -138,6 +140,12 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         s = self.settings
         self.redis = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None,
                                        socket_timeout=2, socket_connect_timeout=2)
+        if s.pagerduty_api_key.get() or s.pagerduty_user_token.get():
+            from pagerstream.pagerduty.cache import PagerDutyCache
+            from pagerstream.pagerduty.rest import PagerDutyREST
+
+            self.pd_rest = PagerDutyREST.from_env()
+            self.pd_cache = PagerDutyCache(self.pd_rest, self.redis, registry=self.metrics.registry)
         await self._refresh_oncall()
         limiter = RateLimiter(self.redis, s.pd_rate_per_second, s.pd_burst)
         self.forwarder = Forwarder(enqueue_url=s.events_enqueue_url, change_url=s.events_change_url,
@@ -163,7 +171,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         if self.oncall_store is None:
             s = self.settings
             schedules = SchedulesAsCode.load(s.schedules_path) if s.schedules_path else None
-            self.oncall_store = OnCallStore(self.redis, schedules=schedules, policy_ids=self.routing.policy_ids(),
+            self.oncall_store = OnCallStore(self.redis, rest=self.pd_cache, schedules=schedules,
+                                            policy_ids=self.routing.policy_ids(),
                                             namespace=(s.topic_prefix.strip(".") or "default")[:60])
         try:
             self.oncall_view = await self.oncall_store.view(self.routing.policy_ids())
@@ -188,6 +197,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
 
     async def stop_side_services(self) -> None:
         await self.catalog.stop()
+        if self.pd_rest is not None:
+            await self.pd_rest.aclose()
         await self.models.stop()
         if self.forwarder:
             await self.forwarder.close()

@@ -147,6 +147,12 @@ class LifecycleAgents:
 
     async def _lc_rekey_webhook(self, partition: int, value: bytes) -> None:
         rec = self._lc_webhook_codec().decode(value)
+        if (rec.get("event_type") or "").startswith("service.") and getattr(self, "pd_cache", None) is not None:
+            # PagerDuty says a service changed: the cached copy (and lists of services) must go
+            try:
+                await self.pd_cache.invalidate("services", rec.get("resource_id") or None)
+            except Exception as e:  # noqa: BLE001 - the TTL still bounds staleness
+                log.warning("REST cache not invalidated for a service webhook: %s", type(e).__name__)
         pd_id = rec.get("incident_id")
         if not pd_id or not (rec.get("event_type") or "").startswith("incident."):
             self.metrics.records.labels("lifecycle-rekey", "skipped").inc()

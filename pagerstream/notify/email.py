@@ -17,12 +17,15 @@ refused unless the connection is encrypted (security "none" excepted).
 `ctx.smtp` may be None, a dict or an `SmtpSettings`: process-wide defaults (relay host, an
 ssl.SSLContext, local_hostname) that the destination's config overrides.
 
-Message: multipart/alternative with the text part (template "email.txt") then the HTML part
-("email.html"), signed Acknowledge/Resolve links appended to both when `ctx.action_link` is set,
-`Message-ID` derived from the notification key (a replay produces the same Message-ID), and
-`In-Reply-To`/`References` pointing at the incident's first message, whose Message-ID is kept in
-`ctx.refs`. The subject stays the same for the whole incident (later messages get "Re: ") so that
-clients which thread by subject keep one thread too.
+Message: multipart/alternative with the text part (template "email.txt.j2") then the HTML part
+("email.html.j2"); subject from "email_subject.txt.j2" (optional `subject_prefix` in front). While the
+incident is open, signed Acknowledge (triggered only) / Resolve links from `ctx.action_link` are
+passed to the templates as `action_links` ([{title, url}]) when the renderer takes extra variables,
+and appended to any part that does not show them. `Message-ID` is derived from the notification key
+(a replay produces the same Message-ID); `In-Reply-To`/`References` point at the incident's first
+message, kept in `ctx.refs` as {"message_id", "subject"}. With `subject_mode: thread` (default) later
+messages reuse the first subject with "Re: ", so clients that thread by subject (Gmail) keep one
+thread per incident; `subject_mode: per_change` renders the subject for every message.
 
 SMTP answers: 4xx -> transient, 5xx -> permanent, connection errors and timeouts -> transient,
 TLS certificate failures / missing STARTTLS / missing AUTH support -> permanent (configuration).
@@ -33,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html as _html
 import inspect
+import json
 import logging
 import re
 import smtplib
@@ -51,7 +56,8 @@ log = logging.getLogger("pagerstream.notify.email")
 
 kind = "email"
 
-RESOLVED_CHANGES = {"resolved", "auto_resolved"}
+CLOSED_CHANGES = {"resolved", "auto_resolved", "dropped"}
+TEXT_TEMPLATE, HTML_TEMPLATE, SUBJECT_TEMPLATE = "email.txt.j2", "email.html.j2", "email_subject.txt.j2"
 
 
 @dataclass(frozen=True)
@@ -125,22 +131,30 @@ def _domain(cfg: dict[str, Any], sender: str) -> str:
 
 
 def _action_url(ctx: ChannelContext, n: Notification, action: str) -> str | None:
-    """ctx.action_link(incident_id, action[, pd_incident_key])."""
+    """ctx.action_link(incident_id, action[, pd_incident_key]) (the third argument when it takes one)."""
     fn = ctx.action_link
     if fn is None:
         return None
     pd_key = n.incident.get("pd_dedup_key")
+    return fn(n.incident_id, action, pd_key) if pd_key and _takes(fn, 3) else fn(n.incident_id, action)
+
+
+def _takes(fn: Any, positional: int = 0, keyword: str | None = None) -> bool:
     try:
-        params = inspect.signature(fn).parameters
-        takes_three = len(params) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params.values())
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        takes_three = False
-    return fn(n.incident_id, action, pd_key) if takes_three and pd_key else fn(n.incident_id, action)
+        return False
+    if keyword is not None:
+        return any(p.kind == p.VAR_KEYWORD or (p.name == keyword and p.kind != p.POSITIONAL_ONLY) for p in params)
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= positional \
+        or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def _links(ctx: ChannelContext, n: Notification) -> list[tuple[str, str]]:
-    state = n.incident.get("state")
-    if state == "resolved" or n.incident.get("change") in RESOLVED_CHANGES or ctx.action_link is None:
+    inc = n.incident
+    state = inc.get("state")
+    if ctx.action_link is None or state not in ("triggered", "acknowledged") or \
+            inc.get("change") in CLOSED_CHANGES or inc.get("change_detail") == "paused":
         return []
     wanted = [("Acknowledge", "acknowledge")] if state == "triggered" else []
     wanted.append(("Resolve", "resolve"))
@@ -148,50 +162,76 @@ def _links(ctx: ChannelContext, n: Notification) -> list[tuple[str, str]]:
 
 
 def _with_links_html(html_body: str, links: list[tuple[str, str]]) -> str:
-    if not links:
+    missing = [(t, u) for t, u in links if _html.escape(u) not in html_body and u not in html_body]
+    if not missing:
         return html_body
-    import html as _html
-
     block = ('<p class="pagerstream-actions">' + " &nbsp; ".join(
-        f'<a href="{_html.escape(url)}">{_html.escape(label)}</a>' for label, url in links)
+        f'<a href="{_html.escape(url)}">{_html.escape(label)}</a>' for label, url in missing)
         + '<br><small>Each link asks for confirmation and works once.</small></p>')
     i = html_body.lower().rfind("</body>")
     return html_body[:i] + block + html_body[i:] if i >= 0 else html_body + block
 
 
 def _with_links_text(text: str, links: list[tuple[str, str]]) -> str:
-    if not links:
+    missing = [(t, u) for t, u in links if u not in text]
+    if not missing:
         return text
-    lines = "\n".join(f"{label}: {url}" for label, url in links)
+    lines = "\n".join(f"{label}: {url}" for label, url in missing)
     return f"{text.rstrip()}\n\n{lines}\n(Each link asks for confirmation and works once.)\n"
 
 
-def build_message(n: Notification, ctx: ChannelContext, *, thread_root: str | None) -> EmailMessage:
+def _render(ctx: ChannelContext, name: str, n: Notification, links: list[tuple[str, str]]) -> str:
+    """Render with the links as the `action_links` template variable when the renderer takes extra
+    variables (pagerstream.notify.templates.render does); links the output lacks are appended after."""
+    if links and _takes(ctx.render, keyword="action_links"):
+        return ctx.render(name, n, action_links=[{"title": t, "url": u} for t, u in links])  # type: ignore[call-arg]
+    return ctx.render(name, n)
+
+
+def _thread_ref(raw: str | None) -> tuple[str | None, str | None]:
+    """(Message-ID, subject) of the incident's first message from its ref (JSON, or a bare Message-ID)."""
+    if not raw:
+        return None, None
+    try:
+        d = json.loads(raw)
+        return str(d.get("message_id") or "") or None, d.get("subject")
+    except (ValueError, AttributeError):
+        return raw, None
+
+
+def _one_line(s: str, limit: int = 250) -> str:
+    return " ".join(str(s).split())[:limit]
+
+
+def build_message(n: Notification, ctx: ChannelContext, *, thread_ref: str | None) -> EmailMessage:
     cfg = n.destination.config
     sender = str(cfg.get("from") or "").strip()
     to = _addresses(cfg.get("to"))
     if not sender or not to:
         raise EmailConfigError("destination needs 'from' and 'to'")
     _addresses([sender])
-    inc = n.incident
-    prefix = str(cfg.get("subject_prefix", "[pagerstream]")).strip()
-    summary = " ".join(str(inc.get("summary") or "incident").split())[:180]
-    subject = f"{prefix} {summary} [{n.incident_id}]".strip()
+    root, root_subject = _thread_ref(thread_ref)
     mid = message_id_for(n.key, _domain(cfg, sender))
+    reply = bool(root and root != mid)
+    subject = _one_line(ctx.render(SUBJECT_TEMPLATE, n)) or f"pagerstream incident {n.incident_id}"
+    if cfg.get("subject_prefix"):
+        subject = f"{_one_line(cfg['subject_prefix'], 40)} {subject}"
+    if reply and cfg.get("subject_mode", "thread") == "thread" and root_subject:
+        subject = root_subject  # clients that thread by subject (Gmail) keep one thread per incident
     links = _links(ctx, n)
     msg = EmailMessage()
-    msg["Subject"] = f"Re: {subject}" if thread_root and thread_root != mid else subject
+    msg["Subject"] = f"Re: {subject}" if reply else subject
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = mid
-    if thread_root and thread_root != mid:
-        msg["In-Reply-To"] = thread_root
-        msg["References"] = thread_root
+    if reply:
+        msg["In-Reply-To"] = root
+        msg["References"] = root
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
     msg["X-Pagerstream-Incident"] = n.incident_id
-    msg.set_content(_with_links_text(ctx.render("email.txt", n), links))
-    msg.add_alternative(_with_links_html(ctx.render("email.html", n), links), subtype="html")
+    msg.set_content(_with_links_text(_render(ctx, TEXT_TEMPLATE, n, links), links))
+    msg.add_alternative(_with_links_html(_render(ctx, HTML_TEMPLATE, n, links), links), subtype="html")
     return msg
 
 
@@ -269,14 +309,18 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
     cfg = n.destination.config
     try:
         s = _settings(cfg, ctx.smtp)
-        root = await ctx.refs.get(n.incident_id, n.destination.name)
-        msg = build_message(n, ctx, thread_root=root)
+        ref = await ctx.refs.get(n.incident_id, n.destination.name)
+        msg = build_message(n, ctx, thread_ref=ref)
         creds = ctx.secret(n.destination.secret_ref) if n.destination.secret_ref else None
         if creds and s.security == "none" and not cfg.get("allow_plaintext_auth"):
             raise EmailConfigError("refusing to send SMTP credentials over an unencrypted connection "
                                    "(set allow_plaintext_auth to override)")
     except EmailConfigError as e:
         return DeliveryResult(ok=False, permanent=True, answer=f"email configuration: {e}")
+    except Exception as e:
+        if type(e).__name__ == "TemplateRenderError":  # pagerstream.notify.templates: the template is wrong
+            return DeliveryResult(ok=False, permanent=True, answer=str(e)[:500])
+        raise
     mid = str(msg["Message-ID"])
     try:
         refused = await asyncio.to_thread(_send_blocking, s, creds, msg)
@@ -286,8 +330,9 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         r = _result_for(e)
         log.info("email %s -> %s: not sent (%s)", n.key, n.destination.name, r.answer)
         return r
-    if root is None:
-        await ctx.refs.set(n.incident_id, n.destination.name, mid)
+    if ref is None:
+        await ctx.refs.set(n.incident_id, n.destination.name,
+                           json.dumps({"message_id": mid, "subject": str(msg["Subject"])}))
     answer = "accepted"
     if refused:
         answer = "accepted; refused: " + "; ".join(f"{a}: {c}" for a, (c, _m) in refused.items())

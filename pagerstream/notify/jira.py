@@ -44,7 +44,6 @@ log = logging.getLogger("pagerstream.notify.jira")
 kind = "jira"
 RESOLVED_CHANGES = {"resolved", "auto_resolved"}
 REVERSE_PREFIX = "jira-issue:"
-_URL_RE = re.compile(r"https?://[^\s<>\"']+")
 
 
 class JiraConfigError(ValueError):
@@ -55,32 +54,107 @@ class JiraConfigError(ValueError):
 # ADF
 # ------------------------------------------------------------------------------------------------
 
+_INLINE_RE = re.compile(
+    r"\[(?:(?P<title>[^|\]\n]+)\|)?(?P<href>https?://[^\]\s]+)\]"      # [url] or [title|url]
+    r"|(?P<url>https?://[^\s<>\"'\]\[|]+)"                              # a bare URL
+    r"|(?<![\w*])\*(?P<strong>[^*\s](?:[^*\n]*[^*\s])?)\*(?![\w*])"      # *strong*
+    r"|(?<![\w_])_(?P<em>[^_\s](?:[^_\n]*[^_\s])?)_(?![\w_])")             # _emphasis_
+
+
+def _text(text: str, *marks: dict) -> dict:
+    node: dict[str, Any] = {"type": "text", "text": text}
+    if marks:
+        node["marks"] = list(marks)
+    return node
+
+
 def _inline(line: str) -> list[dict]:
-    """Text nodes for one line, URLs as link marks. ADF text nodes must not be empty."""
+    """Inline nodes for one line of text / Jira wiki markup: links, *strong*, _em_. ADF text nodes
+    must not be empty, so empty pieces are dropped."""
     out: list[dict] = []
     pos = 0
-    for m in _URL_RE.finditer(line):
+    for m in _INLINE_RE.finditer(line):
+        if m.group("url"):
+            url = m.group("url").rstrip(".,;:)")
+            end = m.start() + len(url)
+        else:
+            url, end = None, m.end()
         if m.start() > pos:
-            out.append({"type": "text", "text": line[pos:m.start()]})
-        url = m.group(0).rstrip(".,;:)")
-        out.append({"type": "text", "text": url, "marks": [{"type": "link", "attrs": {"href": url}}]})
-        pos = m.start() + len(url)
+            out.append(_text(line[pos:m.start()]))
+        if m.group("href"):
+            out.append(_text(m.group("title") or m.group("href"), {"type": "link", "attrs": {"href": m.group("href")}}))
+        elif url:
+            out.append(_text(url, {"type": "link", "attrs": {"href": url}}))
+        elif m.group("strong"):
+            out.append(_text(m.group("strong"), {"type": "strong"}))
+        else:
+            out.append(_text(m.group("em"), {"type": "em"}))
+        pos = end
     if pos < len(line):
-        out.append({"type": "text", "text": line[pos:]})
-    return out
+        out.append(_text(line[pos:]))
+    return [n for n in out if n["text"]]
+
+
+def _table_row(line: str) -> list[dict]:
+    """`||Header|value|` -> strong("Header") ": value" (ADF tables are left out on purpose: a
+    two-column key/value table reads as well as lines and cannot be rejected for its layout)."""
+    cells = re.findall(r"(\|\|?)([^|]*)", line.strip().rstrip("|"))
+    nodes: list[dict] = []
+    for i, (sep, cell) in enumerate(cells):
+        cell = cell.strip()
+        if not cell:
+            continue
+        if nodes:
+            nodes.append(_text(": " if cells[i - 1][0] == "||" else " | "))
+        nodes.extend([_text(cell, {"type": "strong"})] if sep == "||" else _inline(cell))
+    return nodes
 
 
 def adf_from_text(text: str) -> dict:
-    """Plain text -> ADF doc: blank lines split paragraphs, single newlines become hardBreaks."""
+    """Text or the Jira wiki markup of the default template -> an ADF document.
+
+    Blank lines separate blocks; `hN. title` -> heading; `* item` / `- item` lines -> bulletList;
+    `||k|v|` rows -> one line each; other lines -> a paragraph whose lines are joined by hardBreaks.
+    Inline: [title|url], [url], bare URLs -> link marks; *x* -> strong; _x_ -> em."""
     content: list[dict] = []
-    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip()):
-        nodes: list[dict] = []
-        for i, line in enumerate(block.split("\n")):
-            if i and nodes:
-                nodes.append({"type": "hardBreak"})
-            nodes.extend(_inline(line.rstrip()))
-        if nodes:
-            content.append({"type": "paragraph", "content": nodes})
+    para: list[dict] = []
+    items: list[dict] = []
+
+    def flush() -> None:
+        nonlocal para, items
+        if para:
+            content.append({"type": "paragraph", "content": para})
+        if items:
+            content.append({"type": "bulletList", "content": items})
+        para, items = [], []
+
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        line = raw.rstrip()
+        if not line.strip():
+            flush()
+            continue
+        h = re.match(r"^h([1-6])\.\s+(.*)$", line)
+        bullet = re.match(r"^\s*[*-]\s+(.*)$", line)
+        if h:
+            flush()
+            content.append({"type": "heading", "attrs": {"level": int(h.group(1))},
+                            "content": _inline(h.group(2))})
+        elif bullet and not re.match(r"^\s*\*[^*\s].*\*(\s|$)", line.strip() + " ") or \
+                (bullet and line.lstrip().startswith("- ")):
+            if para:
+                content.append({"type": "paragraph", "content": para})
+                para = []
+            items.append({"type": "listItem", "content": [{"type": "paragraph", "content": _inline(bullet.group(1))}]})
+        else:
+            if items:
+                content.append({"type": "bulletList", "content": items})
+                items = []
+            nodes = _table_row(line) if line.lstrip().startswith("|") else _inline(line)
+            if nodes:
+                if para:
+                    para.append({"type": "hardBreak"})
+                para.extend(nodes)
+    flush()
     if not content:
         content = [{"type": "paragraph", "content": []}]
     return {"type": "doc", "version": 1, "content": content}

@@ -175,8 +175,11 @@ def parse_link(url: str) -> dict[str, str]:
 class ActionLinks:
     """For ChannelContext.action_link: `links(incident_id, action, pd_incident_key) -> URL`.
 
-    ChannelContext declares (incident_id, action); the PagerDuty incident_key is the third argument
-    here because the handler must know which PagerDuty incident to act on (channels pass it)."""
+    ChannelContext declares (incident_id, action); the handler must know which PagerDuty incident to
+    act on, so the PagerDuty incident_key (IncidentEvent.pd_dedup_key) is a third argument. Called with
+    two arguments it assumes pagerstream's grouped-incident key "pagerstream-<incident_id>"; for
+    incidents of services with grouping "none" (key = the alert's dedup_key) such a link finds no
+    PagerDuty incident and changes nothing, so callers should pass the key."""
 
     def __init__(self, base_url: str, keys: bytes | str | Sequence[bytes | str],
                  ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> None:
@@ -186,8 +189,7 @@ class ActionLinks:
         self.clock = clock
 
     def __call__(self, incident_id: str, action: str, pd_incident_key: str | None = None) -> str:
-        if not pd_incident_key:
-            raise ValueError("an action link needs the PagerDuty incident_key (pd_dedup_key)")
+        pd_incident_key = pd_incident_key or f"pagerstream-{incident_id}"
         return make_link(self.base_url, incident_id, action, pd_incident_key, self.ttl_s, self.keys,
                          now=self.clock())
 

@@ -161,10 +161,10 @@ def _kind(ip: IPAddress) -> str | None:
         return "multicast"
     if ip in _SHARED:
         return "shared (carrier-grade NAT)"
-    if ip.is_private:
-        return "private"
     if ip.is_reserved:
         return "reserved"
+    if ip.is_private:
+        return "private"
     if not ip.is_global:
         return "non-global"
     return None

@@ -28,11 +28,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pagerstream.processors.incident import short_hash
 from pagerstream.schemas import AvroCodec
 from prometheus_client.parser import text_string_to_metric_families
 
 from pagerstream.pagerduty.webhooks import sign_body
-from pagerstream.processors.incident import short_hash
 from tests.conftest import ROUTING_KEY
 from tests.integration.helpers import eventually, produce_bytes, read_topic
 
@@ -84,7 +84,7 @@ def raw_alert(action: str, dedup: str, at: int, source: str, summary: str, sever
 
 def webhook(event_type: str, pd_id: str, number: int, at: int, *, key: str | None, status: str,
             assignees: tuple[str, ...] = (), agent: tuple[str, str] | None = None) -> bytes:
-    ref = lambda i, t: {"id": i, "type": t, "self": None, "html_url": None, "summary": i}  # noqa: E731
+    ref = lambda i, t: {"id": i, "type": t, "self": None, "html_url": None, "summary": i}
     return json.dumps({"event": {
         "id": "01" + uuid.uuid4().hex[:24].upper(), "event_type": event_type, "resource_type": "incident",
         "occurred_at": iso(at), "agent": ref(*agent) if agent else None, "client": None,

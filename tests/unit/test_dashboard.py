@@ -1,7 +1,8 @@
 """dashboards/pagerstream.json names only metrics (and labels) the code exports.
 
 Exported metrics come from the registries themselves: streams.metrics.Metrics() (with the lag
-collector), the webhook receiver's WebhookMetrics and the REST cache's counters. A scan of the source
+collector), the webhook receiver's WebhookMetrics, the REST cache's counters and the notification
+DeliveryMetrics. A scan of the source
 for metric definitions makes sure no registry is left out of this list. PromQL expressions are
 reduced to their selectors (name + label matchers) with a small tokenizer; a selector may name a
 series of an exported family with the suffix its type exports (counter: _total; histogram: _bucket,
@@ -32,27 +33,37 @@ KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "boo
 
 # --- what the code exports -----------------------------------------------------------------------------
 def registries() -> list[CollectorRegistry]:
-    from pagerstream.pagerduty.cache import PagerDutyCache
-    from pagerstream.pagerduty.webhooks import WebhookMetrics
     from pagerstream.streams.metrics import Metrics
 
+    from pagerstream.pagerduty.cache import PagerDutyCache
+    from pagerstream.pagerduty.webhooks import WebhookMetrics
+
     m = Metrics()
-    m.add_lag(lambda: [])
+    m.add_lag(list)
     hooks = CollectorRegistry()
     WebhookMetrics(hooks)
     cache = CollectorRegistry()
     redis = SimpleNamespace(register_script=lambda _src: None)  # never called: only the counters matter
     PagerDutyCache(SimpleNamespace(base_url="https://api.pagerduty.com"), redis, registry=cache)
-    return [m.registry, hooks, cache]
+    out = [m.registry, hooks, cache]
+    try:  # outbound notifications (Slack, Teams, email...)
+        from pagerstream.notify.delivery import DeliveryMetrics
+    except ImportError:
+        pass
+    else:
+        notify = CollectorRegistry()
+        DeliveryMetrics(notify)
+        out.append(notify)
+    return out
 
 
 def families() -> dict[str, tuple[str, frozenset[str]]]:
     """family name -> (type, label names)."""
     out: dict[str, tuple[str, frozenset[str]]] = {}
     for reg in registries():
-        for c in list(reg._collector_to_names):  # noqa: SLF001 - labels of metrics without children
+        for c in list(reg._collector_to_names):
             if isinstance(c, MetricWrapperBase):
-                out[c._name] = (c._type, frozenset(c._labelnames))  # noqa: SLF001
+                out[c._name] = (c._type, frozenset(c._labelnames))
                 continue
             for fam in c.collect():
                 labels = set(getattr(fam, "_labelnames", ())) | {k for s in fam.samples for k in s.labels}

@@ -197,7 +197,7 @@ def test_mttr_waits_for_a_reopened_incident_to_resolve_again():
 # --- idempotence and order -----------------------------------------------------------------------------
 def test_duplicates_change_the_state_once():
     ps, pd = story()
-    entry, changed = fold(ps + pd)
+    entry, _ = fold(ps + pd)
     again, changed2 = fold(ps + pd + [pd[2], pd[0]], entry=entry)
     assert not any(changed2)
     assert again == entry
