@@ -86,6 +86,7 @@ class Settings:
     transient_min_episodes: int = 3
     routing_config_path: str = ""  # PAGERSTREAM_ROUTING_CONFIG: route incidents by rules (docs/routing.md)
     schedules_path: str = ""  # PAGERSTREAM_SCHEDULES: on-call schedules kept as code, for routing
+    assign_responders: bool = False  # PAGERSTREAM_ASSIGN_RESPONDERS: reassign in PagerDuty to the routed responder
     # PagerDuty V3 webhook subscriptions we receive: (name in the URL, its signing secrets), sorted by name.
     pagerduty_webhook_secrets: tuple[tuple[str, tuple[Secret, ...]], ...] = ()
 
@@ -206,7 +207,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             kw["pagerduty_user_token"] = Secret(v)
 
     for name, attr in (("PAGERSTREAM_PREDICTION_PAGE", "prediction_page"),
-                       ("PAGERSTREAM_TRANSIENT_PAUSE", "transient_pause")):
+                       ("PAGERSTREAM_TRANSIENT_PAUSE", "transient_pause"),
+                       ("PAGERSTREAM_ASSIGN_RESPONDERS", "assign_responders")):
         if (v := get(name)) is not None and v != "":
             b = _bool(v)
             if b is None:

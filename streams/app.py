@@ -116,6 +116,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         self.routing = self._load_routing(settings)
         self.oncall_view: Any = None  # routing's OnCallView, refreshed by _refresh_oncall
         self.oncall_store: Any = None
+        self._routed: dict[str, dict[str, Any]] = {}  # dedup_key -> decision to store for reassignment
         self.pd_rest: Any = None  # REST client + Redis cache, when PAGERDUTY_API_KEY / _USER_TOKEN is set
         self.pd_cache: Any = None
         self.redis: aioredis.Redis | None = None
@@ -192,6 +193,9 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         route = {"rule": d.rule, "routing_key_name": d.routing_key_name, "routing_key_hint": d.routing_key_hint,
                  "escalation_policy_id": d.escalation_policy_id,
                  "responder_id": d.responder.id if d.responder else None, "reason": list(d.reason)}
+        if d.responder is not None and self.settings.assign_responders:
+            self._routed[a.dedup_key] = {**route, "responder": {"id": d.responder.id, "name": d.responder.name,
+                                                                "level": d.responder.level}}
         self.metrics.model_decisions.labels("route", d.rule).inc()
         return replace(adv, route=route, routing_key=d.routing_key.get() if d.routing_key else None)
 
@@ -403,6 +407,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
             if not step.replayed:
                 self._learn_transient(step.outputs)
             await self._emit(step.outputs)
+            if self._routed:
+                await self._remember_routes(step.outputs)
         if not step.replayed and a.action == "trigger" and a.service:
             # the per-service rate series (streams/rate_agents.py), repartitioned by service
             await self.rates_topic.send(key=a.service.encode(), value=b'{"t":%d}' % a.received_at)
@@ -448,6 +454,44 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
                                          list(fleet.get("pool") or []))
             self.transient[tkey] = entry.to_dict()
             self.transient[b"__fleet__"] = {"pool": pool}
+
+    def _route_key(self, pd_dedup_key: str) -> str:
+        return f"pagerstream:{self.settings.topic_prefix}route:{short_hash(pd_dedup_key, 24)}"
+
+    async def _remember_routes(self, outs: tuple[IncidentChangeOut, ...]) -> None:
+        """Routed responders, kept 1 day in Redis until PagerDuty's incident.triggered webhook names the
+        PagerDuty incident to reassign (streams/lifecycle_agents.py)."""
+        for o in outs:
+            d = self._routed.pop(o.alert.dedup_key, None) if o.alert is not None else None
+            if d is None or o.change != "opened" or self.redis is None:
+                continue
+            try:
+                await self.redis.set(self._route_key(o.incident.pd_dedup_key), json.dumps(d), ex=86_400)
+            except Exception as e:  # noqa: BLE001 - the incident is still paged, only not reassigned
+                log.warning("routed responder not stored: %s", type(e).__name__)
+        self._routed.clear()
+
+    async def reassign_routed(self, pd_incident_id: str, incident_key: str) -> None:
+        """PagerDuty created the incident: reassign it to the routed responder, reason in a note."""
+        if self.pd_rest is None or self.redis is None or not self.settings.assign_responders:
+            return
+        from pagerstream.pagerduty.routing import Responder, RouteDecision, reassign_with_note
+
+        raw = await self.redis.getdel(self._route_key(incident_key))
+        if not raw:
+            return
+        d = json.loads(raw)
+        r = d["responder"]
+        decision = RouteDecision(rule=d["rule"], routing_key_name=d.get("routing_key_name") or "", routing_key=None,
+                                 escalation_policy_id=d.get("escalation_policy_id"),
+                                 responder=Responder(r["id"], r.get("name"), int(r.get("level") or 1), None),
+                                 reason=list(d.get("reason") or []))
+        try:
+            res = await reassign_with_note(self.pd_rest, pd_incident_id, decision, store=self.oncall_store)
+            self.metrics.model_decisions.labels("route", "reassigned" if res.reassigned else "not_reassigned").inc()
+        except Exception as e:  # noqa: BLE001 - PagerDuty keeps its own assignment
+            log.warning("reassignment of a routed incident failed: %s", type(e).__name__)
+            self.metrics.model_decisions.labels("route", "reassign_failed").inc()
 
     def _identity(self, a: Alert) -> Alert:
         """Give acknowledge/resolve events the identity their trigger was enriched with.

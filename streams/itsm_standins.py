@@ -45,15 +45,16 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
-JIRA_STATE_KEY: web.AppKey["JiraState"] = web.AppKey("jira_state")
+JIRA_STATE_KEY: web.AppKey[JiraState] = web.AppKey("jira_state")
 _RAW: Any = web.RequestKey("itsm_raw_body", bytes) if hasattr(web, "RequestKey") else "itsm_raw_body"
-SN_STATE_KEY: web.AppKey["ServiceNowState"] = web.AppKey("servicenow_state")
+SN_STATE_KEY: web.AppKey[ServiceNowState] = web.AppKey("servicenow_state")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -436,7 +437,7 @@ def make_jira_app(*, email: str = "bot@example.com", api_token: str = "jira-api-
         if probs:
             return _jira_error(400, "", {"comment": "Comment must be an Atlassian Document: " + "; ".join(probs[:3])})
         cid = str(next(state._ids))
-        c = {"id": cid, "body": body["body"], "created": datetime.now(timezone.utc).isoformat()}
+        c = {"id": cid, "body": body["body"], "created": datetime.now(UTC).isoformat()}
         issue["comments"].append(c)
         return web.json_response({**c, "self": f"{state.base_url}/rest/api/3/issue/{issue['id']}/comment/{cid}"},
                                  status=201)
@@ -498,7 +499,7 @@ def _sn_error(status: int, message: str, detail: str = "") -> web.Response:
 
 
 def _now_sn() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class ServiceNowState(_Base):
@@ -696,7 +697,7 @@ class StandinServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> "StandinServer":
+    async def __aenter__(self) -> StandinServer:  # noqa: PYI034
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -704,7 +705,7 @@ class StandinServer:
         self.port = self._runner.addresses[0][1]
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for key in (JIRA_STATE_KEY, SN_STATE_KEY):
             if key in self.app:
                 self.app[key].release_hung()

@@ -154,6 +154,8 @@ class LifecycleAgents:
             except Exception as e:  # noqa: BLE001 - the TTL still bounds staleness
                 log.warning("REST cache not invalidated for a service webhook: %s", type(e).__name__)
         pd_id = rec.get("incident_id")
+        if rec.get("event_type") == "incident.triggered" and pd_id and rec.get("incident_key"):
+            await self.reassign_routed(pd_id, rec["incident_key"])
         if not pd_id or not (rec.get("event_type") or "").startswith("incident."):
             self.metrics.records.labels("lifecycle-rekey", "skipped").inc()
             return

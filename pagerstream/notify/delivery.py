@@ -397,7 +397,8 @@ class Delivery:
         lane = self._lanes.get(d.name)
         rate = (float(d.rate_per_second), int(d.burst))
         if lane is None:
-            lane = self._lanes[d.name] = _Lane(d.name, asyncio.Semaphore(max(1, self.policy.max_in_flight)),
+            self.__dict__.setdefault("_gsem", asyncio.Semaphore(max(1, self.policy.max_in_flight)))
+            lane = self._lanes[d.name] = _Lane(d.name, self._gsem,
                                                RateLimiter(self.redis, *rate), rate)
         elif lane.rate != rate:  # the configuration changed: same bucket key, new rate
             lane.limiter, lane.rate = RateLimiter(self.redis, *rate), rate
@@ -504,7 +505,7 @@ class Delivery:
                     r, answer=f"gave up after {attempt} attempts; last answer: {r.answer}"[:500]), sent=n)
                 return
             if r.retry_after is not None and r.retry_after > 0:
-                pause = 1.0
+                pause = float(r.retry_after)
             else:
                 pause = policy_fns.backoff_ms(attempt, base_ms=int(p.backoff_base_s * 1000),
                                               cap_ms=int(p.backoff_cap_s * 1000), jitter=self.rand()) / 1000

@@ -35,6 +35,7 @@ smtplib runs in a worker thread; nothing here logs credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html as _html
 import inspect
@@ -45,7 +46,6 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field, replace
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
@@ -260,10 +260,8 @@ def _send_blocking(s: SmtpSettings, creds: dict[str, Any] | None, msg: EmailMess
             pass
         return refused
     finally:
-        try:
+        with contextlib.suppress(Exception):
             conn.close()
-        except Exception:  # pragma: no cover
-            pass
 
 
 class _Permanent(Exception):
@@ -324,7 +322,7 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
     mid = str(msg["Message-ID"])
     try:
         refused = await asyncio.to_thread(_send_blocking, s, creds, msg)
-    except BaseException as e:  # noqa: BLE001 - mapped below; CancelledError re-raised
+    except BaseException as e:
         if isinstance(e, asyncio.CancelledError):
             raise
         r = _result_for(e)

@@ -2,8 +2,9 @@
 
 pagerstream -> Jira (`send`):
 * first change of an incident: POST /rest/api/3/issue with fields project {key}, summary, issuetype
-  {name}, description (an Atlassian Document Format document rendered from template "jira.txt") and
-  labels ["pagerstream", ...]. The issue key is kept in ctx.refs (incident -> key), and the reverse
+  {name}, description (an Atlassian Document Format document) and
+  labels ["pagerstream", ...]; the summary comes from "jira_summary.txt.j2" plus " (<incident id>)",
+  and the description converts the wiki-markup subset of "jira.txt.j2" to ADF. The issue key is kept in ctx.refs (incident -> key), and the reverse
   (key -> incident id + PagerDuty incident_key) under the ref id "jira-issue:<KEY>" for the webhook.
 * every later change: POST /rest/api/3/issue/{key}/comment with an ADF body.
 * resolve (change resolved / auto_resolved): GET /rest/api/3/issue/{key}/transitions, pick the
@@ -31,7 +32,8 @@ import hmac
 import json
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -44,6 +46,7 @@ log = logging.getLogger("pagerstream.notify.jira")
 kind = "jira"
 RESOLVED_CHANGES = {"resolved", "auto_resolved"}
 REVERSE_PREFIX = "jira-issue:"
+BODY_TEMPLATE, SUMMARY_TEMPLATE = "jira.txt.j2", "jira_summary.txt.j2"
 
 
 class JiraConfigError(ValueError):
@@ -139,8 +142,7 @@ def adf_from_text(text: str) -> dict:
             flush()
             content.append({"type": "heading", "attrs": {"level": int(h.group(1))},
                             "content": _inline(h.group(2))})
-        elif bullet and not re.match(r"^\s*\*[^*\s].*\*(\s|$)", line.strip() + " ") or \
-                (bullet and line.lstrip().startswith("- ")):
+        elif bullet:  # "* item" (a space after the star; "*bold*" is not a bullet)
             if para:
                 content.append({"type": "paragraph", "content": para})
                 para = []
@@ -182,9 +184,9 @@ def _base(cfg: dict[str, Any]) -> str:
     return base
 
 
-def _summary(n: Notification) -> str:
-    inc = n.incident
-    s = " ".join(f"[{inc.get('severity', '')}] {inc.get('summary', '')}".split())
+def _summary(ctx: ChannelContext, n: Notification) -> str:
+    """Template "jira_summary.txt.j2" on one line, with the incident id, within Jira's 255 characters."""
+    s = " ".join(ctx.render(SUMMARY_TEMPLATE, n).split()) or str(n.incident.get("summary") or "incident")
     suffix = f" ({n.incident_id})"
     return s[:255 - len(suffix)] + suffix
 
@@ -249,15 +251,20 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         project = str(cfg.get("project") or "")
         if not project:
             raise JiraConfigError("destination config needs 'project' (a project key)")
-        text = ctx.render("jira.txt", n)
+        text = ctx.render(BODY_TEMPLATE, n)
+        summary = _summary(ctx, n)
     except JiraConfigError as e:
         return DeliveryResult(ok=False, permanent=True, answer=f"jira configuration: {e}")
+    except Exception as e:
+        if type(e).__name__ == "TemplateRenderError":  # pagerstream.notify.templates: the template is wrong
+            return DeliveryResult(ok=False, permanent=True, answer=str(e)[:500])
+        raise
     try:
         key = await ctx.refs.get(n.incident_id, dest)
         if key is None:
             fields: dict[str, Any] = {
                 "project": {"key": project},
-                "summary": _summary(n),
+                "summary": summary,
                 "issuetype": {"name": str(cfg.get("issue_type") or "Task")},
                 "description": adf_from_text(text),
                 "labels": ["pagerstream", *[str(x) for x in cfg.get("labels") or []]],
@@ -357,9 +364,9 @@ def jira_webhook_handler(*, secret: str | list[str], refs: RefStore, destination
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             payload = json.loads(raw)
-            if not isinstance(payload, dict):
-                raise ValueError
         except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
             return web.json_response({"error": "body is not a JSON object"}, status=400)
         event = payload.get("webhookEvent")
         if event != "jira:issue_updated":
@@ -380,7 +387,7 @@ def jira_webhook_handler(*, secret: str | list[str], refs: RefStore, destination
             return web.json_response({"ignored": "no PagerDuty incident key recorded", "issue": key}, status=202)
         try:
             out = await act_on_pagerduty(pagerduty, pd_key, "resolve", resolution=f"Resolved in Jira ({key} -> {to})")
-        except Exception as e:  # PagerDuty unreachable / refused: let Jira retry
+        except Exception as e:  # noqa: BLE001 - PagerDuty unreachable / refused: let Jira retry
             log.warning("jira webhook: resolving %s in PagerDuty failed: %s", key, type(e).__name__)
             return web.json_response({"error": "PagerDuty call failed", "issue": key}, status=503)
         log.info("jira webhook: %s moved to %s -> PagerDuty %s", key, to, out.status)

@@ -35,10 +35,11 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -256,7 +257,7 @@ _VERB = {"acknowledge": "Acknowledge", "resolve": "Resolve"}
 
 
 def _ts(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _page(status: int, title: str, body_html: str) -> web.Response:
@@ -356,7 +357,7 @@ def link_handler(*, keys: bytes | str | Sequence[bytes | str], redis: Any, pager
             out = await act_on_pagerduty(pagerduty, c.pd_incident_key, c.action,
                                          resolution=f"Resolved from a pagerstream link by {by}"
                                          if c.action == "resolve" else None)
-        except Exception as e:  # transient or unexpected: give the link back so it can be retried
+        except Exception as e:  # noqa: BLE001 - transient or unexpected: give the link back for a retry
             await redis.eval(_RELEASE_LUA, 1, prefix + c.nonce, claim)
             log.warning("action link %s for %s failed: %s", c.action, c.incident_id, type(e).__name__)
             return _page(502, "PagerDuty could not be reached",

@@ -2,9 +2,10 @@
 
 pagerstream -> ServiceNow (`send`):
 * first change: find a record with correlation_id = <pagerstream incident id> (so a retry after a lost
-  answer does not create a second record), else POST /api/now/table/<table> with short_description,
-  description (template, default "jira.txt": the plain-text ticket body), urgency and impact (from the
-  severity), correlation_id, correlation_display "pagerstream" and any extra `fields` from the config.
+  answer does not create a second record), else POST /api/now/table/<table> with short_description
+  (template "jira_summary.txt.j2", at most 160 characters), description (template "email.txt.j2":
+  plain text; the Jira template is wiki markup, which ServiceNow would show as is), urgency and
+  impact (from the severity), correlation_id, correlation_display "pagerstream" and any extra `fields` from the config.
   The sys_id goes to ctx.refs, and the reverse (sys_id -> incident id + PagerDuty incident_key) under
   the ref id "servicenow:<sys_id>" for the way back.
 * later changes: PATCH /api/now/table/<table>/<sys_id> with work_notes.
@@ -20,7 +21,7 @@ from the instance; `poll_once()` is the unit a scheduler calls.
 Destination config: instance_url (https://<instance>.service-now.com), table (default "incident"),
 close_code (default "Solution provided"; older instances use e.g. "Solved (Permanently)"),
 close_notes (default text), urgency / impact ({severity: "1".."3"}), fields (extra record fields),
-template (default "jira.txt"), timeout_s (default 20), allow_http (default false).
+body_template / summary_template (default "email.txt.j2" / "jira_summary.txt.j2"), timeout_s (default 20), allow_http (default false).
 Secret: {"username": ..., "password": ...} (basic auth) or {"access_token": ...} (OAuth bearer).
 """
 
@@ -29,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -42,6 +44,7 @@ kind = "servicenow"
 RESOLVED_CHANGES = {"resolved", "auto_resolved"}
 REVERSE_PREFIX = "servicenow:"
 CORRELATION_DISPLAY = "pagerstream"
+BODY_TEMPLATE, SUMMARY_TEMPLATE = "email.txt.j2", "jira_summary.txt.j2"  # plain text, and a one-line title
 DONE_STATES = {"6", "7", "8"}  # Resolved, Closed, Canceled
 # severity -> (urgency, impact); 1 = High, 2 = Medium, 3 = Low
 DEFAULT_LEVELS = {"critical": ("1", "1"), "error": ("2", "2"), "warning": ("2", "3"), "info": ("3", "3")}
@@ -115,9 +118,14 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         if not n.destination.secret_ref:
             raise ServiceNowConfigError("destination has no secret_ref")
         api = TableApi(ctx.http, cfg, ctx.secret(n.destination.secret_ref))
-        text = ctx.render(str(cfg.get("template") or "jira.txt"), n)
+        text = ctx.render(str(cfg.get("body_template") or BODY_TEMPLATE), n)
+        title = " ".join(ctx.render(str(cfg.get("summary_template") or SUMMARY_TEMPLATE), n).split())
     except ServiceNowConfigError as e:
         return DeliveryResult(ok=False, permanent=True, answer=f"servicenow configuration: {e}")
+    except Exception as e:
+        if type(e).__name__ == "TemplateRenderError":  # pagerstream.notify.templates: the template is wrong
+            return DeliveryResult(ok=False, permanent=True, answer=str(e)[:500])
+        raise
     close = {"state": "6", "close_code": str(cfg.get("close_code") or "Solution provided"),
              "close_notes": str(cfg.get("close_notes") or f"Resolved in pagerstream/PagerDuty: "
                                 f"{inc.get('reason') or inc.get('change')}")[:4000]}
@@ -134,10 +142,9 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
                 await _remember(ctx.refs, dest, sys_id, n)
             else:
                 urgency, impact = _levels(cfg, str(inc.get("severity")))
-                summary = " ".join(str(inc.get("summary") or "").split())
                 record: dict[str, Any] = {
                     **{str(k): v for k, v in (cfg.get("fields") or {}).items()},
-                    "short_description": f"[pagerstream] {summary}"[:160],
+                    "short_description": (title or f"pagerstream incident {n.incident_id}")[:160],
                     "description": text,
                     "urgency": urgency,
                     "impact": impact,
@@ -253,6 +260,6 @@ class ServiceNowResolvedPoller:
         while True:
             try:
                 await self.poll_once()
-            except Exception as e:  # keep polling; the next pass retries
+            except Exception as e:  # noqa: BLE001 - keep polling; the next pass retries
                 log.warning("servicenow poll failed: %s", type(e).__name__)
             await sleep(interval_s)

@@ -48,7 +48,8 @@ def test_on_call_from_rest_routes_to_a_responder_and_webhooks_invalidate_the_cac
     env = workers.env({"PAGERDUTY_API_KEY": KEY, "PAGERDUTY_API_URL": sandbox.url,
                        "PAGERDUTY_FROM_EMAIL": "bob@example.com",
                        "PAGERSTREAM_ROUTING_CONFIG": str(fixtures / "routing.example.yaml"),
-                       "PAGERSTREAM_ROUTING_KEYS": keys, "PAGERDUTY_WEBHOOK_SECRETS": f"ops={SECRET}"})
+                       "PAGERSTREAM_ROUTING_KEYS": keys, "PAGERDUTY_WEBHOOK_SECRETS": f"ops={SECRET}",
+                       "PAGERSTREAM_ASSIGN_RESPONDERS": "true"})
     w = workers.start(env, catalog=str(cat), name="pd-rest")
     bs, prefix = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), env["PAGERSTREAM_TOPIC_PREFIX"]
 
@@ -67,6 +68,33 @@ def test_on_call_from_rest_routes_to_a_responder_and_webhooks_invalidate_the_cac
     assert all(e["status"] < 300 for e in rest_log if e["operation_id"] == "listOnCalls")
     m = w.metrics()
     assert 'pagerstream_pd_cache_misses_total{resource="oncalls"}' in m
+
+    # PagerDuty created the incident (assigned by its policy to ann) and says so by webhook:
+    # pagerstream reassigns it to the routed responder, bob, with the reasons in a note.
+    made = httpx.post(f"{sandbox.url}/sandbox/rest/seed", timeout=10, json={"incidents": [
+        {"title": "checkout payment errors", "escalation_policy_id": "PPAYEP1", "assignee_ids": ["PANN001"],
+         "status": "triggered"}]}).json()["created"]["incidents"]
+    pd_id = made[0]["id"] if isinstance(made[0], dict) else made[0]
+    trig = {"event": {"id": uuid.uuid4().hex.upper()[:26], "event_type": "incident.triggered",
+                      "resource_type": "incident", "occurred_at": "2026-11-27T10:00:00Z", "agent": None, "client": None,
+                      "data": {"id": pd_id, "type": "incident", "number": 1, "status": "triggered",
+                               "title": "checkout payment errors", "incident_key": ev["pd_dedup_key"],
+                               "service": {"id": "PSVC01", "type": "service_reference"}, "assignees": [],
+                               "escalation_policy": {"id": "PPAYEP1", "type": "escalation_policy_reference"},
+                               "teams": [], "priority": None, "urgency": "high", "conference_bridge": None,
+                               "resolve_reason": None}}}
+    raw = json.dumps(trig).encode()
+    h = {"Content-Type": "application/json", "X-PagerDuty-Signature": sign_body(raw, SECRET),
+         "X-Webhook-Id": str(uuid.uuid4())}
+    assert httpx.post(f"{w.url}/pagerduty/webhooks/ops", content=raw, headers=h, timeout=30).status_code in (200, 202)
+
+    def reassigned() -> list:
+        log = httpx.get(f"{sandbox.url}/sandbox/rest/requests", timeout=10).json()["requests"]
+        return [e for e in log if e["operation_id"] == "createIncidentNote" and e["status"] < 300]
+    eventually(reassigned, what="a note on the reassigned PagerDuty incident")
+    log = httpx.get(f"{sandbox.url}/sandbox/rest/requests", timeout=10).json()["requests"]
+    assert any(e["operation_id"] == "updateIncident" and e["status"] < 300 for e in log)
+    assert 'pagerstream_model_decisions_total{model="route",outcome="reassigned"} 1.0' in w.metrics()
 
     # service.updated from PagerDuty: the cached services are dropped
     sample = json.loads((CONTRACTS / "webhooks-v3" / "examples" / "official-docs" / "event_service_updated.json").read_text())

@@ -180,6 +180,7 @@ BAD = [
     ("PAGERSTREAM_TRANSIENT_MIN_EPISODES", "x", "integer between 1 and 1000"),
     ("PAGERSTREAM_TRANSIENT_PAUSE", "maybe", "true or false"),
     ("PAGERSTREAM_PREDICTION_PAGE", "maybe", "true or false"),
+    ("PAGERSTREAM_ASSIGN_RESPONDERS", "maybe", "true or false"),
     ("PAGERSTREAM_ROUTING_CONFIG", "/nonexistent/routing.yaml", "readable YAML file"),
     ("PAGERSTREAM_SCHEDULES", "/nonexistent/schedules.yaml", "readable YAML file"),
     ("PAGERDUTY_WEBHOOK_SECRETS", "ops=" + "x" * 31, "32+ characters"),

@@ -306,7 +306,7 @@ async def test_duplicate_key_is_skipped_by_another_worker():
 # --- isolation -------------------------------------------------------------------------------------
 async def test_hung_destination_does_not_delay_another():
     async with Receiver(HANG) as slow, Receiver(Resp(200)) as fast, stage() as e:
-        d = e.make(DeliveryPolicy(call_timeout_s=120, bundle_window_s=0))
+        d = e.make(DeliveryPolicy(call_timeout_s=120, max_in_flight=2, bundle_window_s=0))
         slow_d, fast_d = dest(slow.url), dest(fast.url)
         done: list[str] = []
 
@@ -316,7 +316,7 @@ async def test_hung_destination_does_not_delay_another():
             return o
 
         t_slow = [asyncio.create_task(run(note(slow_d, f"s-{i}", 1), f"slow{i}")) for i in range(3)]
-        await slow.wait_requests(1)  # the slow destination holds a request
+        await slow.wait_requests(2)  # the slow destination holds all its slots, one more change queued
         fast_out = await run(note(fast_d, "f-1", 1), "fast")
         fast_out2 = await run(note(fast_d, "f-2", 1), "fast2")
         assert fast_out.kind == fast_out2.kind == "delivered"

@@ -14,12 +14,6 @@ import random
 import httpx
 import pytest
 from aiohttp import web
-
-from pagerstream.notify import jira, servicenow
-from pagerstream.notify.base import ChannelContext, Destination, Notification
-from pagerstream.notify.jira import adf_from_text, jira_webhook_handler
-from pagerstream.notify.servicenow import ServiceNowResolvedPoller
-from pagerstream.pagerduty.rest import PagerDutyREST
 from pagerstream.streams import pd_sandbox
 from pagerstream.streams.itsm_standins import (
     StandinServer,
@@ -30,6 +24,12 @@ from pagerstream.streams.itsm_standins import (
     servicenow_state,
 )
 from pagerstream.streams.pd_rest_sandbox import rest_state
+
+from pagerstream.notify import jira, servicenow
+from pagerstream.notify.base import ChannelContext, Destination, Notification
+from pagerstream.notify.jira import adf_from_text, jira_webhook_handler
+from pagerstream.notify.servicenow import ServiceNowResolvedPoller
+from pagerstream.pagerduty.rest import PagerDutyREST
 
 JIRA_EMAIL, JIRA_TOKEN = "bot@example.com", "ATATT-jira-token-123"
 SN_USER, SN_PASSWORD = "pagerstream.integration", "sn-password-456"
@@ -56,10 +56,14 @@ SECRETS = {"jira-cred": {"email": JIRA_EMAIL, "api_token": JIRA_TOKEN},
 
 
 def render(name: str, n: Notification) -> str:
+    """A stand-in for pagerstream.notify.templates.render with the same template names."""
     inc = n.incident
-    assert name == "jira.txt", name
-    return (f"{inc['summary']}\nchange: {inc['change']} -> {inc['state']}\n\n"
-            f"Runbook: https://runbooks.example.com/payments.\n")
+    if name == "jira_summary.txt.j2":
+        return f"[{inc['severity'].upper()}] {inc['summary']}\n"
+    if name in ("jira.txt.j2", "email.txt.j2"):
+        return (f"{inc['summary']}\nchange: {inc['change']} -> {inc['state']}\n\n"
+                f"Runbook: https://runbooks.example.com/payments.\n")
+    raise KeyError(name)
 
 
 def incident(iid="abc123-1", version=1, change="opened", state="triggered", severity="critical") -> dict:
@@ -139,13 +143,28 @@ def test_adf_from_text_is_valid_adf():
     assert adf_problems("plain string")
 
 
+def test_adf_from_the_default_jira_template_is_valid():
+    from pagerstream.notify.templates import render as real_render
+
+    inc = {**incident(), "reason": "5xx > 5% for 5m", "runbook_url": "https://runbooks.example.com/p",
+           "scores": [{"model": "classify.category", "label": "network", "best": "network", "score": 0.93,
+                       "explanation": "words: timeout"}]}
+    n = Notification(key="k", incident=inc, destination=Destination(name="j", channel="jira"))
+    doc = adf_from_text(real_render("jira.txt.j2", n))
+    assert adf_problems(doc) == []
+    assert doc["content"][0]["type"] == "heading"
+    flat = json.dumps(doc)
+    assert "h3." not in flat and "||" not in flat
+    assert '"href": "https://runbooks.example.com/p"' in flat and '"type": "bulletList"' in flat
+
+
 def test_jira_issue_then_comment_then_done_transition():
     async def scenario(env):
         d = env.jira_dest
         r = await jira.send(note(d), env.ctx)
         assert r.ok and r.status == 201 and r.external_ref == "OPS-1", r
         issue = env.jira.issues["OPS-1"]
-        assert issue["summary"] == "[critical] payments-api 5xx (abc123-1)"
+        assert issue["summary"] == "[CRITICAL] payments-api 5xx (abc123-1)"
         assert issue["issuetype"] == "Task" and issue["labels"] == ["pagerstream", "payments"]
         assert adf_problems(issue["description"]) == []
         assert issue["description"]["content"][0]["content"][0]["text"] == "payments-api 5xx"
@@ -326,7 +345,7 @@ def test_servicenow_create_then_work_notes_then_resolve():
         rec = env.sn.records[sys_id]
         assert rec["correlation_id"] == "abc123-1" and rec["correlation_display"] == "pagerstream"
         assert (rec["urgency"], rec["impact"], rec["state"]) == ("1", "1", "1")
-        assert rec["short_description"] == "[pagerstream] payments-api 5xx" and rec["category"] == "software"
+        assert rec["short_description"] == "[CRITICAL] payments-api 5xx" and rec["category"] == "software"
         assert "payments-api 5xx" in rec["description"]
         assert env.refs.d[("abc123-1", "snow")] == sys_id
         assert json.loads(env.refs.d[(f"servicenow:{sys_id}", "snow")])["pd_incident_key"] == "pagerstream-abc123-1"

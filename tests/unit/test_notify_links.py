@@ -21,6 +21,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from pagerstream.streams import pd_sandbox
+from pagerstream.streams.itsm_standins import StandinServer
+from pagerstream.streams.pd_rest_sandbox import rest_state
 
 from pagerstream.notify import links
 from pagerstream.notify.links import (
@@ -36,9 +39,6 @@ from pagerstream.notify.links import (
     verify_link,
 )
 from pagerstream.pagerduty.rest import PagerDutyREST, RetryPolicy
-from pagerstream.streams import pd_sandbox
-from pagerstream.streams.itsm_standins import StandinServer
-from pagerstream.streams.pd_rest_sandbox import rest_state
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PD_KEY = "u+pagerstreamTESTkey_0123456789-abc"
