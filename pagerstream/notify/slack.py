@@ -438,7 +438,7 @@ def signature_problem(raw_body: bytes, timestamp: str | None, signature: str | N
     ok = False
     for key in keys:
         want = "v0=" + hmac.new(key, base, hashlib.sha256).hexdigest()
-        ok = True
+        ok |= hmac.compare_digest(want.encode("ascii"), sig.encode("ascii"))
     return None if ok else "signature mismatch"
 
 
