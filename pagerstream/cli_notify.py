@@ -9,13 +9,12 @@ Hooks for the integrator (module attributes, set before the command runs):
 * ``context_factory(settings, redis) -> ChannelContext``: the channel context (templates, action links,
   SMTP); the default has the SSRF-guarded client, the secrets store and Redis refs, and no templates.
 
-Channels are found by convention: module ``pagerstream.notify.<channel>`` with a ``CHANNEL`` object.
+Channels are found through `pagerstream.notify.config.channel_for` (CHANNEL_MODULES).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -136,17 +135,20 @@ def check_config(path: str | None, check_secrets: bool) -> None:
 
 # --- dead letters ----------------------------------------------------------------------------------
 def load_channels(kinds: Iterable[str]) -> dict[str, Channel]:
-    """The CHANNEL object of pagerstream.notify.<kind> for each kind that has one."""
+    """A Channel object for each kind whose module is there (pagerstream.notify.config.channel_for)."""
+    from pagerstream.notify.config import channel_for
+
     out: dict[str, Channel] = {}
     for k in set(kinds):
-        try:
-            mod = importlib.import_module(f"pagerstream.notify.{k}")
-        except ModuleNotFoundError:
-            continue
-        ch = getattr(mod, "CHANNEL", None)
+        ch = channel_for(k)
         if ch is not None:
             out[k] = ch
     return out
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def _file_lines(path: str) -> Iterable[str]:
@@ -241,8 +243,7 @@ async def _replay_live(s: Any, cfg: Any, channels: Mapping[str, Channel], source
             if res is not None:
                 await res
         elif failed_out:
-            with open(failed_out, "a", encoding="utf-8") as f:
-                f.write(DeadLetter.of(n, result).to_json() + "\n")
+            await asyncio.to_thread(_append, failed_out, DeadLetter.of(n, result).to_json())
 
     d = Delivery(r, ctx, registry=CollectorRegistry(), namespace=s.topic_prefix, on_dead_letter=sink)
     try:

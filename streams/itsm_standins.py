@@ -63,6 +63,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # shared: auth, recording, faults
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Fault:
     status: int | None = None  # HTTP status to answer with
@@ -96,7 +97,9 @@ class _Base:
             return ok, f"basic {user}:***"
         if header.startswith("Bearer "):
             tok = header[7:].strip()
-            return any(hmac.compare_digest(tok.encode(), t.encode()) for t in self.bearer_tokens), "bearer ***"
+            return any(
+                hmac.compare_digest(tok.encode(), t.encode()) for t in self.bearer_tokens
+            ), "bearer ***"
         return False, "other"
 
     # faults -------------------------------------------------------------------------------------
@@ -117,8 +120,11 @@ class _Base:
         self._release.set()
 
     def find(self, method: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.requests if (method is None or r["method"] == method)
-                and (path is None or r["path"] == path)]
+        return [
+            r
+            for r in self.requests
+            if (method is None or r["method"] == method) and (path is None or r["path"] == path)
+        ]
 
 
 def _middleware(state: _Base, error: Callable[[int, str], web.Response]) -> Any:
@@ -132,9 +138,17 @@ def _middleware(state: _Base, error: Callable[[int, str], web.Response]) -> Any:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = "<invalid json>"
-        entry: dict[str, Any] = {"time": time.time(), "method": request.method, "path": request.path,
-                                 "query": dict(request.query), "auth": auth, "body": body,
-                                 "content_type": request.content_type, "status": None, "fault": None}
+        entry: dict[str, Any] = {
+            "time": time.time(),
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "auth": auth,
+            "body": body,
+            "content_type": request.content_type,
+            "status": None,
+            "fault": None,
+        }
         state.requests.append(entry)
         f = state.take_fault(request.method, request.path)
         if f is not None:
@@ -165,8 +179,10 @@ def _middleware(state: _Base, error: Callable[[int, str], web.Response]) -> Any:
 
 def _control_routes(app: web.Application, state: _Base, reset: Callable[[], None]) -> None:
     async def get_requests(request: web.Request) -> web.Response:
-        return web.json_response({"count": len(state.requests), "requests": state.requests},
-                                 dumps=lambda o: json.dumps(o, default=str))
+        return web.json_response(
+            {"count": len(state.requests), "requests": state.requests},
+            dumps=lambda o: json.dumps(o, default=str),
+        )
 
     async def post_faults(request: web.Request) -> web.Response:
         spec = await request.json()
@@ -207,6 +223,7 @@ def _catching(fn: Handler) -> Handler:
             return await fn(request)
         except _Err as e:
             return e.resp
+
     return wrapped
 
 
@@ -280,6 +297,7 @@ def adf_problems(doc: Any, where: str = "description") -> list[str]:
 # Jira
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class JiraStatus:
     id: str
@@ -287,20 +305,31 @@ class JiraStatus:
     category: str  # new | indeterminate | done
 
 
-DEFAULT_STATUSES = [JiraStatus("10000", "To Do", "new"), JiraStatus("10001", "In Progress", "indeterminate"),
-                    JiraStatus("10002", "Done", "done")]
+DEFAULT_STATUSES = [
+    JiraStatus("10000", "To Do", "new"),
+    JiraStatus("10001", "In Progress", "indeterminate"),
+    JiraStatus("10002", "Done", "done"),
+]
 # (id, name, from status names, to status name)
-DEFAULT_TRANSITIONS = [("21", "Start Progress", {"To Do"}, "In Progress"),
-                       ("31", "Done", {"To Do", "In Progress"}, "Done"),
-                       ("11", "Reopen", {"Done"}, "To Do")]
+DEFAULT_TRANSITIONS = [
+    ("21", "Start Progress", {"To Do"}, "In Progress"),
+    ("31", "Done", {"To Do", "In Progress"}, "Done"),
+    ("11", "Reopen", {"Done"}, "To Do"),
+]
 _CAT = {"new": ("2", "To Do"), "indeterminate": ("4", "In Progress"), "done": ("3", "Done")}
 
 
 class JiraState(_Base):
-    def __init__(self, *, email: str, api_token: str, bearer_tokens: tuple[str, ...] = (),
-                 projects: dict[str, list[str]] | None = None,
-                 transitions: list[tuple[str, str, set[str], str]] | None = None,
-                 base_url: str = "https://example.atlassian.net") -> None:
+    def __init__(
+        self,
+        *,
+        email: str,
+        api_token: str,
+        bearer_tokens: tuple[str, ...] = (),
+        projects: dict[str, list[str]] | None = None,
+        transitions: list[tuple[str, str, set[str], str]] | None = None,
+        base_url: str = "https://example.atlassian.net",
+    ) -> None:
         super().__init__({email: api_token}, bearer_tokens)
         self.projects = projects or {"OPS": ["Task", "Bug", "Incident"]}
         self.statuses = {s.name: s for s in DEFAULT_STATUSES}
@@ -316,21 +345,36 @@ class JiraState(_Base):
     def status_json(self, name: str) -> dict:
         s = self.statuses[name]
         cid, cname = _CAT[s.category]
-        return {"self": f"{self.base_url}/rest/api/3/status/{s.id}", "id": s.id, "name": s.name,
-                "statusCategory": {"id": int(cid), "key": s.category, "name": cname}}
+        return {
+            "self": f"{self.base_url}/rest/api/3/status/{s.id}",
+            "id": s.id,
+            "name": s.name,
+            "statusCategory": {"id": int(cid), "key": s.category, "name": cname},
+        }
 
     def available(self, issue: dict) -> list[dict]:
         cur = issue["status"]
-        return [{"id": tid, "name": name, "to": self.status_json(to), "hasScreen": False, "isAvailable": True}
-                for tid, name, frm, to in self.transitions if cur in frm]
+        return [
+            {"id": tid, "name": name, "to": self.status_json(to), "hasScreen": False, "isAvailable": True}
+            for tid, name, frm, to in self.transitions
+            if cur in frm
+        ]
 
     def issue_json(self, issue: dict) -> dict:
-        return {"id": issue["id"], "key": issue["key"], "self": f"{self.base_url}/rest/api/3/issue/{issue['id']}",
-                "fields": {"summary": issue["summary"], "issuetype": {"name": issue["issuetype"]},
-                           "project": {"key": issue["project"]}, "labels": list(issue["labels"]),
-                           "description": issue["description"], "status": self.status_json(issue["status"]),
-                           "comment": {"comments": copy.deepcopy(issue["comments"]),
-                                       "total": len(issue["comments"])}}}
+        return {
+            "id": issue["id"],
+            "key": issue["key"],
+            "self": f"{self.base_url}/rest/api/3/issue/{issue['id']}",
+            "fields": {
+                "summary": issue["summary"],
+                "issuetype": {"name": issue["issuetype"]},
+                "project": {"key": issue["project"]},
+                "labels": list(issue["labels"]),
+                "description": issue["description"],
+                "status": self.status_json(issue["status"]),
+                "comment": {"comments": copy.deepcopy(issue["comments"]), "total": len(issue["comments"])},
+            },
+        }
 
     def move(self, key: str, to_status: str) -> dict:
         """Change the status as a Jira user would (no transition check) and return the documented
@@ -351,23 +395,44 @@ def jira_issue_updated_payload(state: JiraState, issue: dict, from_status: str, 
         "issue_event_type_name": "issue_generic",
         "user": {"accountId": "5b10ac8d82e05b22cc7d4ef5", "displayName": "Ada Responder", "active": True},
         "issue": state.issue_json(issue),
-        "changelog": {"id": str(next(state._ids)), "items": [{
-            "field": "status", "fieldtype": "jira", "fieldId": "status",
-            "from": state.statuses[from_status].id, "fromString": from_status,
-            "to": state.statuses[to_status].id, "toString": to_status}]},
+        "changelog": {
+            "id": str(next(state._ids)),
+            "items": [
+                {
+                    "field": "status",
+                    "fieldtype": "jira",
+                    "fieldId": "status",
+                    "from": state.statuses[from_status].id,
+                    "fromString": from_status,
+                    "to": state.statuses[to_status].id,
+                    "toString": to_status,
+                }
+            ],
+        },
     }
 
 
 def _jira_error(status: int, message: str, errors: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"errorMessages": [message] if message and not errors else [],
-                              "errors": errors or {}}, status=status)
+    return web.json_response(
+        {"errorMessages": [message] if message and not errors else [], "errors": errors or {}}, status=status
+    )
 
 
-def make_jira_app(*, email: str = "bot@example.com", api_token: str = "jira-api-token",
-                  bearer_tokens: tuple[str, ...] = (), projects: dict[str, list[str]] | None = None,
-                  transitions: list[tuple[str, str, set[str], str]] | None = None) -> web.Application:
-    state = JiraState(email=email, api_token=api_token, bearer_tokens=bearer_tokens, projects=projects,
-                      transitions=transitions)
+def make_jira_app(
+    *,
+    email: str = "bot@example.com",
+    api_token: str = "jira-api-token",
+    bearer_tokens: tuple[str, ...] = (),
+    projects: dict[str, list[str]] | None = None,
+    transitions: list[tuple[str, str, set[str], str]] | None = None,
+) -> web.Application:
+    state = JiraState(
+        email=email,
+        api_token=api_token,
+        bearer_tokens=bearer_tokens,
+        projects=projects,
+        transitions=transitions,
+    )
     app = web.Application(middlewares=[_middleware(state, _jira_error)])
     app[JIRA_STATE_KEY] = state
 
@@ -407,23 +472,35 @@ def make_jira_app(*, email: str = "bot@example.com", api_token: str = "jira-api-
         if "description" in f and f["description"] is not None:
             probs = adf_problems(f["description"])
             if probs:
-                errors["description"] = "Operation value must be an Atlassian Document: " + "; ".join(probs[:3])
+                errors["description"] = "Operation value must be an Atlassian Document: " + "; ".join(
+                    probs[:3]
+                )
         labels = f.get("labels", [])
         if not isinstance(labels, list) or any(not isinstance(x, str) or not x or " " in x for x in labels):
             errors["labels"] = "Labels must be strings without spaces"
         unknown = set(f) - {"project", "summary", "issuetype", "description", "labels", "priority"}
         for u in unknown:
-            errors[u] = (f"Field '{u}' cannot be set. It is not on the appropriate screen, or unknown.")
+            errors[u] = f"Field '{u}' cannot be set. It is not on the appropriate screen, or unknown."
         if errors:
             return _jira_error(400, "", errors)
         n = next(state._numbers[pkey])
         key = f"{pkey}-{n}"
         iid = str(next(state._ids))
-        state.issues[key] = {"id": iid, "key": key, "project": pkey, "summary": summary, "issuetype": it["name"],
-                             "description": f.get("description"), "labels": list(labels), "status": "To Do",
-                             "comments": [], "transitions_done": []}
-        return web.json_response({"id": iid, "key": key, "self": f"{state.base_url}/rest/api/3/issue/{iid}"},
-                                 status=201)
+        state.issues[key] = {
+            "id": iid,
+            "key": key,
+            "project": pkey,
+            "summary": summary,
+            "issuetype": it["name"],
+            "description": f.get("description"),
+            "labels": list(labels),
+            "status": "To Do",
+            "comments": [],
+            "transitions_done": [],
+        }
+        return web.json_response(
+            {"id": iid, "key": key, "self": f"{state.base_url}/rest/api/3/issue/{iid}"}, status=201
+        )
 
     async def get_issue(request: web.Request) -> web.Response:
         return web.json_response(state.issue_json(issue_or_404(request)))
@@ -435,12 +512,15 @@ def make_jira_app(*, email: str = "bot@example.com", api_token: str = "jira-api-
             return _jira_error(400, "Comment body can not be empty!")
         probs = adf_problems(body["body"], "body")
         if probs:
-            return _jira_error(400, "", {"comment": "Comment must be an Atlassian Document: " + "; ".join(probs[:3])})
+            return _jira_error(
+                400, "", {"comment": "Comment must be an Atlassian Document: " + "; ".join(probs[:3])}
+            )
         cid = str(next(state._ids))
         c = {"id": cid, "body": body["body"], "created": datetime.now(UTC).isoformat()}
         issue["comments"].append(c)
-        return web.json_response({**c, "self": f"{state.base_url}/rest/api/3/issue/{issue['id']}/comment/{cid}"},
-                                 status=201)
+        return web.json_response(
+            {**c, "self": f"{state.base_url}/rest/api/3/issue/{issue['id']}/comment/{cid}"}, status=201
+        )
 
     async def transitions(request: web.Request) -> web.StreamResponse:
         issue = issue_or_404(request)
@@ -481,21 +561,53 @@ def jira_state(app: web.Application) -> JiraState:
 # ------------------------------------------------------------------------------------------------
 
 INCIDENT_FIELDS = {
-    "short_description", "description", "urgency", "impact", "priority", "state", "incident_state",
-    "correlation_id", "correlation_display", "work_notes", "comments", "close_code", "close_notes",
-    "caller_id", "category", "subcategory", "assignment_group", "assigned_to", "cmdb_ci", "business_service",
-    "contact_type", "opened_by", "resolved_by", "company", "location",
+    "short_description",
+    "description",
+    "urgency",
+    "impact",
+    "priority",
+    "state",
+    "incident_state",
+    "correlation_id",
+    "correlation_display",
+    "work_notes",
+    "comments",
+    "close_code",
+    "close_notes",
+    "caller_id",
+    "category",
+    "subcategory",
+    "assignment_group",
+    "assigned_to",
+    "cmdb_ci",
+    "business_service",
+    "contact_type",
+    "opened_by",
+    "resolved_by",
+    "company",
+    "location",
 }
-READ_ONLY = {"sys_id", "number", "sys_created_on", "sys_updated_on", "sys_created_by", "sys_updated_by",
-             "sys_mod_count", "opened_at", "resolved_at", "closed_at"}
+READ_ONLY = {
+    "sys_id",
+    "number",
+    "sys_created_on",
+    "sys_updated_on",
+    "sys_created_by",
+    "sys_updated_by",
+    "sys_mod_count",
+    "opened_at",
+    "resolved_at",
+    "closed_at",
+}
 JOURNAL = {"work_notes", "comments"}
 STATES = {"1", "2", "3", "6", "7", "8"}
 _QUERY_TERM = re.compile(r"^([a-z_]+)(!=|>=|<=|=|>|<|IN)(.*)$")
 
 
 def _sn_error(status: int, message: str, detail: str = "") -> web.Response:
-    return web.json_response({"error": {"message": message, "detail": detail}, "status": "failure"},
-                             status=status)
+    return web.json_response(
+        {"error": {"message": message, "detail": detail}, "status": "failure"}, status=status
+    )
 
 
 def _now_sn() -> str:
@@ -503,8 +615,14 @@ def _now_sn() -> str:
 
 
 class ServiceNowState(_Base):
-    def __init__(self, *, username: str, password: str, bearer_tokens: tuple[str, ...] = (),
-                 clock: Callable[[], str] = _now_sn) -> None:
+    def __init__(
+        self,
+        *,
+        username: str,
+        password: str,
+        bearer_tokens: tuple[str, ...] = (),
+        clock: Callable[[], str] = _now_sn,
+    ) -> None:
         super().__init__({username: password}, bearer_tokens)
         self.username = username
         self.clock = clock
@@ -559,16 +677,35 @@ class ServiceNowState(_Base):
         sys_id = uuid.uuid4().hex
         now = self.clock()
         rec = {f: "" for f in INCIDENT_FIELDS - JOURNAL}
-        rec.update({"sys_id": sys_id, "number": f"INC{next(self._numbers):07d}", "state": "1", "urgency": "3",
-                    "impact": "3", "sys_created_on": now, "sys_updated_on": now, "sys_created_by": self.username,
-                    "sys_updated_by": self.username, "sys_mod_count": "-1", "opened_at": now,
-                    "resolved_at": "", "work_notes": "", "comments": ""})
+        rec.update(
+            {
+                "sys_id": sys_id,
+                "number": f"INC{next(self._numbers):07d}",
+                "state": "1",
+                "urgency": "3",
+                "impact": "3",
+                "sys_created_on": now,
+                "sys_updated_on": now,
+                "sys_created_by": self.username,
+                "sys_updated_by": self.username,
+                "sys_mod_count": "-1",
+                "opened_at": now,
+                "resolved_at": "",
+                "work_notes": "",
+                "comments": "",
+            }
+        )
         self.records[sys_id] = rec
         self.journal[sys_id] = []
         return self.apply(sys_id, body)
 
-    def resolve_as_user(self, sys_id: str, close_code: str = "Solution provided",
-                        close_notes: str = "Fixed by the service desk", state: str = "6") -> dict:
+    def resolve_as_user(
+        self,
+        sys_id: str,
+        close_code: str = "Solution provided",
+        close_notes: str = "Fixed by the service desk",
+        state: str = "6",
+    ) -> dict:
         """What a ServiceNow user resolving the record in the UI does (for tests)."""
         return self.apply(sys_id, {"state": state, "close_code": close_code, "close_notes": close_notes})
 
@@ -608,9 +745,14 @@ def _pred(f: str, op: str, v: str) -> Callable[[dict], bool]:
     return lambda r: cmp(str(r.get(f, "")), v)
 
 
-def make_servicenow_app(*, username: str = "pagerstream.integration", password: str = "sn-password",
-                        bearer_tokens: tuple[str, ...] = (), tables: tuple[str, ...] = ("incident",),
-                        clock: Callable[[], str] = _now_sn) -> web.Application:
+def make_servicenow_app(
+    *,
+    username: str = "pagerstream.integration",
+    password: str = "sn-password",
+    bearer_tokens: tuple[str, ...] = (),
+    tables: tuple[str, ...] = ("incident",),
+    clock: Callable[[], str] = _now_sn,
+) -> web.Application:
     state = ServiceNowState(username=username, password=password, bearer_tokens=bearer_tokens, clock=clock)
     app = web.Application(middlewares=[_middleware(state, lambda s, m: _sn_error(s, m))])
     app[SN_STATE_KEY] = state
@@ -637,7 +779,9 @@ def make_servicenow_app(*, username: str = "pagerstream.integration", password: 
                 return _sn_error(400, "Invalid query", str(e))
             limit = int(request.query.get("sysparm_limit", "10000"))
             offset = int(request.query.get("sysparm_offset", "0"))
-            return web.json_response({"result": [fields_of(request, r) for r in rows[offset:offset + limit]]})
+            return web.json_response(
+                {"result": [fields_of(request, r) for r in rows[offset : offset + limit]]}
+            )
         body = _json_body(request, _sn_error)
         if not isinstance(body, dict):
             return _sn_error(400, "Invalid request body", "expected a JSON object")
@@ -645,15 +789,20 @@ def make_servicenow_app(*, username: str = "pagerstream.integration", password: 
         if probs:
             return _sn_error(400, "Operation Failed", "; ".join(probs))
         rec = state.create(body)
-        return web.json_response({"result": fields_of(request, rec)}, status=201,
-                                 headers={"Location": f"/api/now/table/{table(request)}/{rec['sys_id']}"})
+        return web.json_response(
+            {"result": fields_of(request, rec)},
+            status=201,
+            headers={"Location": f"/api/now/table/{table(request)}/{rec['sys_id']}"},
+        )
 
     async def record(request: web.Request) -> web.Response:
         table(request)
         sys_id = request.match_info["sys_id"]
         rec = state.records.get(sys_id)
         if rec is None:
-            return _sn_error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")
+            return _sn_error(
+                404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
+            )
         if request.method == "GET":
             return web.json_response({"result": fields_of(request, rec)})
         body = _json_body(request, _sn_error)
@@ -685,6 +834,7 @@ def servicenow_state(app: web.Application) -> ServiceNowState:
 # ------------------------------------------------------------------------------------------------
 # running
 # ------------------------------------------------------------------------------------------------
+
 
 class StandinServer:
     """`async with StandinServer(make_jira_app()) as s: s.url` on 127.0.0.1 and a free port."""

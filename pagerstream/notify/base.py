@@ -67,7 +67,8 @@ class ChannelContext:
     secret: Callable[[str], dict[str, Any]]  # secret_ref -> decrypted credentials (never log them)
     render: Callable[[str, Notification], str]  # (template name, notification) -> text (sandboxed Jinja2)
     refs: RefStore
-    action_link: Callable[[str, str], str] | None = None  # (incident_id, action) -> signed expiring URL
+    # (incident_id, action, pd_dedup_key) -> signed expiring URL (pagerstream/notify/links.py)
+    action_link: Callable[[str, str, str], str] | None = None
     smtp: Any = None  # email only: connection factory/settings
 
 

@@ -19,9 +19,8 @@
     default: [ops-webhook]           # when no rule matched (optional)
 
 `load_notify_config(path)` validates everything and raises `NotifyConfigError` listing every problem
-(with its place in the file) at once. Channel-specific checks: when ``pagerstream.notify.<channel>``
-defines ``validate_config(config: dict) -> list[str]``, it is called for each destination of that
-channel.
+(with its place in the file) at once. Channel-specific checks come from the channel's module
+(`CHANNEL_MODULES`): its ``VALIDATORS[channel]`` or ``validate_config(config) -> list[str]``.
 """
 
 from __future__ import annotations
@@ -39,16 +38,26 @@ import yaml
 
 from pagerstream.notify.base import Destination
 
-__all__ = ["CHANNELS", "CONFIG_ENV", "NotifyConfig", "NotifyConfigError", "Rule", "load_notify_config",
-           "parse_notify_config"]
+__all__ = [
+    "CHANNELS",
+    "CHANNEL_MODULES",
+    "CONFIG_ENV",
+    "NotifyConfig",
+    "NotifyConfigError",
+    "Rule",
+    "channel_for",
+    "channel_validator",
+    "load_notify_config",
+    "parse_notify_config",
+]
 
 CONFIG_ENV = "PAGERSTREAM_NOTIFY_CONFIG"
 CHANNELS = frozenset({"slack_webhook", "slack_api", "teams", "email", "webhook", "jira", "servicenow"})
 MATCH_FIELDS = ("service", "team", "severity", "change")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 # Keys that hold credentials belong in the secrets file, never in the (plain) config.
-_SECRETISH = re.compile(r"(secret|password|passwd|token|api[_-]?key|private[_-]?key|credential)", re.I)
-_NOT_SECRET = re.compile(r"[_-](url|uri|header|field|ref|name|type|path|file)$", re.I)  # token_url, secret_ref
+_SECRETISH = re.compile(r"(secret|password|passwd|token|api[_-]?key|private[_-]?key|credential)", re.IGNORECASE)
+_NOT_SECRET = re.compile(r"[_-](url|uri|header|field|ref|name|type|path|file)$", re.IGNORECASE)  # token_url, secret_ref
 
 
 class NotifyConfigError(ValueError):
@@ -145,15 +154,48 @@ def _secretish_keys(obj: Any, path: str) -> list[str]:
     return out
 
 
-def _channel_checks(channel: str, config: dict[str, Any]) -> list[str]:
+# channel -> module pagerstream.notify.<module> that implements it
+CHANNEL_MODULES = {"webhook": "webhook", "slack_webhook": "slack", "slack_api": "slack", "teams": "teams",
+                   "email": "email", "jira": "jira", "servicenow": "servicenow"}
+
+
+def _channel_module(channel: str) -> Any:
+    name = f"pagerstream.notify.{CHANNEL_MODULES.get(channel, channel)}"
     try:
-        mod = importlib.import_module(f"pagerstream.notify.{channel}")
+        return importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name == f"pagerstream.notify.{channel}":
-            return []
+        if e.name == name:
+            return None
         raise
-    check = getattr(mod, "validate_config", None)
-    return list(check(config)) if callable(check) else []
+
+
+def channel_validator(channel: str) -> Any:
+    """The module's config check for `channel`: VALIDATORS[channel], else validate_config, else None."""
+    mod = _channel_module(channel)
+    if mod is None:
+        return None
+    check = (getattr(mod, "VALIDATORS", None) or {}).get(channel) or getattr(mod, "validate_config", None)
+    return check if callable(check) else None
+
+
+def channel_for(channel: str) -> Any:
+    """A ready Channel object for `channel` (CHANNEL, CHANNELS[channel] or a class with that `kind`)."""
+    mod = _channel_module(channel)
+    if mod is None:
+        return None
+    obj = getattr(mod, "CHANNEL", None)
+    if obj is not None and getattr(obj, "kind", None) == channel:
+        return obj
+    found = (getattr(mod, "CHANNELS", None) or {}).get(channel)
+    if found is None:
+        found = next((v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "kind", None) == channel
+                      and callable(getattr(v, "send", None))), None)
+    return found() if isinstance(found, type) else found
+
+
+def _channel_checks(channel: str, config: dict[str, Any]) -> list[str]:
+    check = channel_validator(channel)
+    return list(check(config)) if check is not None else []
 
 
 def parse_notify_config(doc: Any, *, source: str = "<memory>", secret_names: Iterable[str] | None = None,

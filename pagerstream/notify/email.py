@@ -10,7 +10,7 @@ Destination config (non-secret):
   verify_tls    default true; ca_file: extra CA bundle for a private relay
   subject_prefix  default "[pagerstream]"
   message_id_domain  right-hand side of Message-IDs (default: the sender's domain)
-  timeout_s     default 30
+  timeout_s     default 10 (below the delivery stage's per-call timeout)
 Secret (destination.secret_ref): {"username": ..., "password": ...}; AUTH is used when present and
 refused unless the connection is encrypted (security "none" excepted).
 
@@ -68,7 +68,7 @@ class SmtpSettings:
     ssl_context: ssl.SSLContext | None = None
     verify_tls: bool = True
     ca_file: str | None = None
-    timeout_s: float = 30.0
+    timeout_s: float = 10.0
     local_hostname: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,8 +84,11 @@ def _settings(dest_cfg: dict[str, Any], base: Any) -> SmtpSettings:
         s = SmtpSettings(**{k: v for k, v in base.items() if k in SmtpSettings.__dataclass_fields__})
     else:
         s = SmtpSettings()
-    over = {k: dest_cfg[k] for k in ("host", "port", "security", "verify_tls", "ca_file", "timeout_s",
-                                     "local_hostname") if k in dest_cfg}
+    over = {
+        k: dest_cfg[k]
+        for k in ("host", "port", "security", "verify_tls", "ca_file", "timeout_s", "local_hostname")
+        if k in dest_cfg
+    }
     if dest_cfg.get("starttls") is False and "security" not in dest_cfg:
         over["security"] = "none"
     s = replace(s, **over)
@@ -145,16 +148,23 @@ def _takes(fn: Any, positional: int = 0, keyword: str | None = None) -> bool:
     except (TypeError, ValueError):
         return False
     if keyword is not None:
-        return any(p.kind == p.VAR_KEYWORD or (p.name == keyword and p.kind != p.POSITIONAL_ONLY) for p in params)
-    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= positional \
-        or any(p.kind == p.VAR_POSITIONAL for p in params)
+        return any(
+            p.kind == p.VAR_KEYWORD or (p.name == keyword and p.kind != p.POSITIONAL_ONLY) for p in params
+        )
+    return len(
+        [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    ) >= positional or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def _links(ctx: ChannelContext, n: Notification) -> list[tuple[str, str]]:
     inc = n.incident
     state = inc.get("state")
-    if ctx.action_link is None or state not in ("triggered", "acknowledged") or \
-            inc.get("change") in CLOSED_CHANGES or inc.get("change_detail") == "paused":
+    if (
+        ctx.action_link is None
+        or state not in ("triggered", "acknowledged")
+        or inc.get("change") in CLOSED_CHANGES
+        or inc.get("change_detail") == "paused"
+    ):
         return []
     wanted = [("Acknowledge", "acknowledge")] if state == "triggered" else []
     wanted.append(("Resolve", "resolve"))
@@ -165,9 +175,13 @@ def _with_links_html(html_body: str, links: list[tuple[str, str]]) -> str:
     missing = [(t, u) for t, u in links if _html.escape(u) not in html_body and u not in html_body]
     if not missing:
         return html_body
-    block = ('<p class="pagerstream-actions">' + " &nbsp; ".join(
-        f'<a href="{_html.escape(url)}">{_html.escape(label)}</a>' for label, url in missing)
-        + '<br><small>Each link asks for confirmation and works once.</small></p>')
+    block = (
+        '<p class="pagerstream-actions">'
+        + " &nbsp; ".join(
+            f'<a href="{_html.escape(url)}">{_html.escape(label)}</a>' for label, url in missing
+        )
+        + "<br><small>Each link asks for confirmation and works once.</small></p>"
+    )
     i = html_body.lower().rfind("</body>")
     return html_body[:i] + block + html_body[i:] if i >= 0 else html_body + block
 
@@ -184,7 +198,8 @@ def _render(ctx: ChannelContext, name: str, n: Notification, links: list[tuple[s
     """Render with the links as the `action_links` template variable when the renderer takes extra
     variables (pagerstream.notify.templates.render does); links the output lacks are appended after."""
     if links and _takes(ctx.render, keyword="action_links"):
-        return ctx.render(name, n, action_links=[{"title": t, "url": u} for t, u in links])  # type: ignore[call-arg]
+        extra = {"action_links": [{"title": t, "url": u} for t, u in links]}
+        return ctx.render(name, n, **extra)  # type: ignore[call-arg]
     return ctx.render(name, n)
 
 
@@ -238,8 +253,9 @@ def build_message(n: Notification, ctx: ChannelContext, *, thread_ref: str | Non
 def _send_blocking(s: SmtpSettings, creds: dict[str, Any] | None, msg: EmailMessage) -> dict:
     context = _ssl_context(s) if s.security != "none" else None
     if s.security == "tls":
-        conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_s,
-                                              local_hostname=s.local_hostname, context=context)
+        conn: smtplib.SMTP = smtplib.SMTP_SSL(
+            s.host, s.port, timeout=s.timeout_s, local_hostname=s.local_hostname, context=context
+        )
     else:
         conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout_s, local_hostname=s.local_hostname)
     try:
@@ -280,24 +296,35 @@ def _result_for(e: BaseException) -> DeliveryResult:
         codes = {a: c for a, (c, _m) in e.recipients.items()}
         transient = all(400 <= c < 500 for c in codes.values())
         first = next(iter(e.recipients.values()), (None, b""))
-        text = "; ".join(f"{a}: {c} {m.decode('utf-8', 'replace') if isinstance(m, bytes) else m}"
-                         for a, (c, m) in e.recipients.items())[:500]
-        return DeliveryResult(ok=False, status=first[0], permanent=not transient,
-                              answer=f"all recipients refused: {text}")
+        text = "; ".join(
+            f"{a}: {c} {m.decode('utf-8', 'replace') if isinstance(m, bytes) else m}"
+            for a, (c, m) in e.recipients.items()
+        )[:500]
+        return DeliveryResult(
+            ok=False, status=first[0], permanent=not transient, answer=f"all recipients refused: {text}"
+        )
     if isinstance(e, smtplib.SMTPNotSupportedError):
         return DeliveryResult(ok=False, permanent=True, answer=f"SMTP server does not support: {e}")
     if isinstance(e, smtplib.SMTPResponseException):
         code = int(e.smtp_code)
         what = "authentication failed" if isinstance(e, smtplib.SMTPAuthenticationError) else "SMTP error"
-        return DeliveryResult(ok=False, status=code, permanent=code >= 500,
-                              answer=f"{what}: {code} {_smtp_text(e)}")
+        return DeliveryResult(
+            ok=False, status=code, permanent=code >= 500, answer=f"{what}: {code} {_smtp_text(e)}"
+        )
     if isinstance(e, ssl.SSLCertVerificationError):
-        return DeliveryResult(ok=False, permanent=True,
-                              answer=f"TLS certificate of the SMTP server not trusted: {e.verify_message}")
+        return DeliveryResult(
+            ok=False,
+            permanent=True,
+            answer=f"TLS certificate of the SMTP server not trusted: {e.verify_message}",
+        )
     if isinstance(e, ssl.SSLError):
         return DeliveryResult(ok=False, permanent=False, answer=f"TLS error: {e.reason or type(e).__name__}")
-    if isinstance(e, smtplib.SMTPServerDisconnected | ConnectionError | socket.timeout | TimeoutError | OSError):
-        return DeliveryResult(ok=False, permanent=False, answer=f"connection error: {type(e).__name__}: {e}"[:300])
+    if isinstance(
+        e, smtplib.SMTPServerDisconnected | ConnectionError | socket.timeout | TimeoutError | OSError
+    ):
+        return DeliveryResult(
+            ok=False, permanent=False, answer=f"connection error: {type(e).__name__}: {e}"[:300]
+        )
     if isinstance(e, smtplib.SMTPException):
         return DeliveryResult(ok=False, permanent=False, answer=f"SMTP error: {type(e).__name__}")
     raise e
@@ -311,8 +338,10 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         msg = build_message(n, ctx, thread_ref=ref)
         creds = ctx.secret(n.destination.secret_ref) if n.destination.secret_ref else None
         if creds and s.security == "none" and not cfg.get("allow_plaintext_auth"):
-            raise EmailConfigError("refusing to send SMTP credentials over an unencrypted connection "
-                                   "(set allow_plaintext_auth to override)")
+            raise EmailConfigError(
+                "refusing to send SMTP credentials over an unencrypted connection "
+                "(set allow_plaintext_auth to override)"
+            )
     except EmailConfigError as e:
         return DeliveryResult(ok=False, permanent=True, answer=f"email configuration: {e}")
     except Exception as e:
@@ -329,8 +358,9 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         log.info("email %s -> %s: not sent (%s)", n.key, n.destination.name, r.answer)
         return r
     if ref is None:
-        await ctx.refs.set(n.incident_id, n.destination.name,
-                           json.dumps({"message_id": mid, "subject": str(msg["Subject"])}))
+        await ctx.refs.set(
+            n.incident_id, n.destination.name, json.dumps({"message_id": mid, "subject": str(msg["Subject"])})
+        )
     answer = "accepted"
     if refused:
         answer = "accepted; refused: " + "; ".join(f"{a}: {c}" for a, (c, _m) in refused.items())

@@ -4,7 +4,8 @@ pagerstream -> Jira (`send`):
 * first change of an incident: POST /rest/api/3/issue with fields project {key}, summary, issuetype
   {name}, description (an Atlassian Document Format document) and
   labels ["pagerstream", ...]; the summary comes from "jira_summary.txt.j2" plus " (<incident id>)",
-  and the description converts the wiki-markup subset of "jira.txt.j2" to ADF. The issue key is kept in ctx.refs (incident -> key), and the reverse
+  and the description converts the wiki-markup subset of "jira.txt.j2" to ADF. The issue key is
+  kept in ctx.refs (incident -> key), and the reverse
   (key -> incident id + PagerDuty incident_key) under the ref id "jira-issue:<KEY>" for the webhook.
 * every later change: POST /rest/api/3/issue/{key}/comment with an ADF body.
 * resolve (change resolved / auto_resolved): GET /rest/api/3/issue/{key}/transitions, pick the
@@ -21,7 +22,7 @@ the raw body>`; all compared in constant time.
 
 Destination config: base_url (https://<site>.atlassian.net), project (key), issue_type (default
 "Task"), done_transition (default "Done"), labels (extra), priorities ({severity: priority name},
-optional), timeout_s (default 20), allow_http (default false; for local stand-ins).
+optional), timeout_s (default 5, per request), allow_http (default false; for local stand-ins).
 Secret: {"email": ..., "api_token": ...} (basic auth) or {"access_token": ...} (OAuth 2.0 bearer).
 """
 
@@ -58,10 +59,11 @@ class JiraConfigError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 _INLINE_RE = re.compile(
-    r"\[(?:(?P<title>[^|\]\n]+)\|)?(?P<href>https?://[^\]\s]+)\]"      # [url] or [title|url]
-    r"|(?P<url>https?://[^\s<>\"'\]\[|]+)"                              # a bare URL
-    r"|(?<![\w*])\*(?P<strong>[^*\s](?:[^*\n]*[^*\s])?)\*(?![\w*])"      # *strong*
-    r"|(?<![\w_])_(?P<em>[^_\s](?:[^_\n]*[^_\s])?)_(?![\w_])")             # _emphasis_
+    r"\[(?:(?P<title>[^|\]\n]+)\|)?(?P<href>https?://[^\]\s]+)\]"  # [url] or [title|url]
+    r"|(?P<url>https?://[^\s<>\"'\]\[|]+)"  # a bare URL
+    r"|(?<![\w*])\*(?P<strong>[^*\s](?:[^*\n]*[^*\s])?)\*(?![\w*])"  # *strong*
+    r"|(?<![\w_])_(?P<em>[^_\s](?:[^_\n]*[^_\s])?)_(?![\w_])"
+)  # _emphasis_
 
 
 def _text(text: str, *marks: dict) -> dict:
@@ -83,9 +85,13 @@ def _inline(line: str) -> list[dict]:
         else:
             url, end = None, m.end()
         if m.start() > pos:
-            out.append(_text(line[pos:m.start()]))
+            out.append(_text(line[pos : m.start()]))
         if m.group("href"):
-            out.append(_text(m.group("title") or m.group("href"), {"type": "link", "attrs": {"href": m.group("href")}}))
+            out.append(
+                _text(
+                    m.group("title") or m.group("href"), {"type": "link", "attrs": {"href": m.group("href")}}
+                )
+            )
         elif url:
             out.append(_text(url, {"type": "link", "attrs": {"href": url}}))
         elif m.group("strong"):
@@ -140,13 +146,16 @@ def adf_from_text(text: str) -> dict:
         bullet = re.match(r"^\s*[*-]\s+(.*)$", line)
         if h:
             flush()
-            content.append({"type": "heading", "attrs": {"level": int(h.group(1))},
-                            "content": _inline(h.group(2))})
+            content.append(
+                {"type": "heading", "attrs": {"level": int(h.group(1))}, "content": _inline(h.group(2))}
+            )
         elif bullet:  # "* item" (a space after the star; "*bold*" is not a bullet)
             if para:
                 content.append({"type": "paragraph", "content": para})
                 para = []
-            items.append({"type": "listItem", "content": [{"type": "paragraph", "content": _inline(bullet.group(1))}]})
+            items.append(
+                {"type": "listItem", "content": [{"type": "paragraph", "content": _inline(bullet.group(1))}]}
+            )
         else:
             if items:
                 content.append({"type": "bulletList", "content": items})
@@ -165,6 +174,7 @@ def adf_from_text(text: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 # channel
 # ------------------------------------------------------------------------------------------------
+
 
 def _auth(creds: dict[str, Any]) -> tuple[httpx.Auth | None, dict[str, str]]:
     if creds.get("access_token"):
@@ -188,7 +198,7 @@ def _summary(ctx: ChannelContext, n: Notification) -> str:
     """Template "jira_summary.txt.j2" on one line, with the incident id, within Jira's 255 characters."""
     s = " ".join(ctx.render(SUMMARY_TEMPLATE, n).split()) or str(n.incident.get("summary") or "incident")
     suffix = f" ({n.incident_id})"
-    return s[:255 - len(suffix)] + suffix
+    return s[: 255 - len(suffix)] + suffix
 
 
 def _transport_result(e: Exception) -> DeliveryResult:
@@ -205,7 +215,7 @@ class _Api:
         self.auth, self.headers = _auth(ctx.secret(n.destination.secret_ref))
         self.headers = {**self.headers, "Accept": "application/json"}
         self.http = ctx.http
-        self.timeout = float(cfg.get("timeout_s", 20))
+        self.timeout = float(cfg.get("timeout_s", 5))
 
     async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
         kw: dict[str, Any] = {"headers": self.headers, "timeout": self.timeout}
@@ -223,23 +233,36 @@ async def _transition_done(api: _Api, key: str, name: str) -> DeliveryResult:
         return classify_http(r)
     transitions = (r.json() or {}).get("transitions") or []
     want = name.casefold()
-    match = next((t for t in transitions if str(t.get("name", "")).casefold() == want), None) or \
-        next((t for t in transitions if str((t.get("to") or {}).get("name", "")).casefold() == want), None)
+    match = next((t for t in transitions if str(t.get("name", "")).casefold() == want), None) or next(
+        (t for t in transitions if str((t.get("to") or {}).get("name", "")).casefold() == want), None
+    )
     if match is None:
         s = await api.call("GET", f"/rest/api/3/issue/{k}?fields=status")
         if s.status_code != 200:
             return classify_http(s)
         status = ((s.json() or {}).get("fields") or {}).get("status") or {}
         if (status.get("statusCategory") or {}).get("key") == "done":
-            return DeliveryResult(ok=True, status=200, answer=f"already {status.get('name')}", external_ref=key)
+            return DeliveryResult(
+                ok=True, status=200, answer=f"already {status.get('name')}", external_ref=key
+            )
         names = ", ".join(repr(t.get("name")) for t in transitions) or "none"
-        return DeliveryResult(ok=False, status=r.status_code, permanent=True, external_ref=key,
-                              answer=f"no transition {name!r} from status {status.get('name')!r} "
-                                     f"(available: {names})")
+        return DeliveryResult(
+            ok=False,
+            status=r.status_code,
+            permanent=True,
+            external_ref=key,
+            answer=f"no transition {name!r} from status {status.get('name')!r} (available: {names})",
+        )
     p = await api.call("POST", f"/rest/api/3/issue/{k}/transitions", {"transition": {"id": str(match["id"])}})
     res = classify_http(p)
-    return DeliveryResult(ok=res.ok, status=res.status, retry_after=res.retry_after, permanent=res.permanent,
-                          answer=res.answer or f"transitioned with {match.get('name')!r}", external_ref=key)
+    return DeliveryResult(
+        ok=res.ok,
+        status=res.status,
+        retry_after=res.retry_after,
+        permanent=res.permanent,
+        answer=res.answer or f"transitioned with {match.get('name')!r}",
+        external_ref=key,
+    )
 
 
 async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
@@ -276,7 +299,9 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
             if r.status_code != 201:
                 return classify_http(r)
             key = str(r.json()["key"])
-            reverse = json.dumps({"incident_id": n.incident_id, "pd_incident_key": n.incident.get("pd_dedup_key")})
+            reverse = json.dumps(
+                {"incident_id": n.incident_id, "pd_incident_key": n.incident.get("pd_dedup_key")}
+            )
             await ctx.refs.set(REVERSE_PREFIX + key, dest, reverse)
             await ctx.refs.set(n.incident_id, dest, key)
             if resolved:
@@ -286,11 +311,19 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
             t = await _transition_done(api, key, str(cfg.get("done_transition") or "Done"))
             if not t.ok:
                 return t
-        r = await api.call("POST", f"/rest/api/3/issue/{quote(key, safe='')}/comment", {"body": adf_from_text(text)})
+        r = await api.call(
+            "POST", f"/rest/api/3/issue/{quote(key, safe='')}/comment", {"body": adf_from_text(text)}
+        )
         res = classify_http(r)
         if not res.ok:
-            return DeliveryResult(ok=False, status=res.status, retry_after=res.retry_after,
-                                  permanent=res.permanent, answer=res.answer, external_ref=key)
+            return DeliveryResult(
+                ok=False,
+                status=res.status,
+                retry_after=res.retry_after,
+                permanent=res.permanent,
+                answer=res.answer,
+                external_ref=key,
+            )
         return DeliveryResult(ok=True, status=r.status_code, answer=f"commented on {key}", external_ref=key)
     except httpx.TransportError as e:
         return _transport_result(e)
@@ -309,6 +342,7 @@ class JiraChannel:
 # Jira -> PagerDuty
 # ------------------------------------------------------------------------------------------------
 
+
 def check_shared_secret(request: web.Request, raw: bytes, secrets_: list[bytes]) -> bool:
     """?token=, X-Pagerstream-Token or X-Hub-Signature (sha256=HMAC(raw body)); constant time."""
     given_token = (request.query.get("token") or request.headers.get("X-Pagerstream-Token") or "").encode()
@@ -318,8 +352,9 @@ def check_shared_secret(request: web.Request, raw: bytes, secrets_: list[bytes])
         if given_token:
             ok |= hmac.compare_digest(given_token, s)
         if sig.startswith("sha256="):
-            ok |= hmac.compare_digest(sig[7:].strip().lower().encode(),
-                                      hmac.new(s, raw, hashlib.sha256).hexdigest().encode())
+            ok |= hmac.compare_digest(
+                sig[7:].strip().lower().encode(), hmac.new(s, raw, hashlib.sha256).hexdigest().encode()
+            )
     return ok
 
 
@@ -333,16 +368,24 @@ def _done_change(payload: dict, done: set[str]) -> str | None:
             to = str(it.get("toString") or "")
             if to.casefold() in done:
                 return to
-            cat = ((((payload.get("issue") or {}).get("fields") or {}).get("status") or {})
-                   .get("statusCategory") or {}).get("key")
+            cat = (
+                (((payload.get("issue") or {}).get("fields") or {}).get("status") or {}).get("statusCategory")
+                or {}
+            ).get("key")
             if cat == "done":
                 return to or "done"
     return None
 
 
-def jira_webhook_handler(*, secret: str | list[str], refs: RefStore, destination: str, pagerduty: Any,
-                         done_statuses: tuple[str, ...] = ("Done",),
-                         max_body: int = 1 << 20) -> Callable[[web.Request], Awaitable[web.Response]]:
+def jira_webhook_handler(
+    *,
+    secret: str | list[str],
+    refs: RefStore,
+    destination: str,
+    pagerduty: Any,
+    done_statuses: tuple[str, ...] = ("Done",),
+    max_body: int = 1 << 20,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     """aiohttp POST handler for Jira's issue-updated webhook (one per Jira destination)."""
     from pagerstream.notify.links import act_on_pagerduty
 
@@ -380,18 +423,31 @@ def jira_webhook_handler(*, secret: str | list[str], refs: RefStore, destination
             return web.json_response({"ignored": "not a move to a done status", "issue": key}, status=202)
         raw_ref = await refs.get(REVERSE_PREFIX + key, destination)
         if not raw_ref:
-            return web.json_response({"ignored": "not an issue pagerstream created", "issue": key}, status=202)
+            return web.json_response(
+                {"ignored": "not an issue pagerstream created", "issue": key}, status=202
+            )
         ref = json.loads(raw_ref)
         pd_key = ref.get("pd_incident_key")
         if not pd_key:
-            return web.json_response({"ignored": "no PagerDuty incident key recorded", "issue": key}, status=202)
+            return web.json_response(
+                {"ignored": "no PagerDuty incident key recorded", "issue": key}, status=202
+            )
         try:
-            out = await act_on_pagerduty(pagerduty, pd_key, "resolve", resolution=f"Resolved in Jira ({key} -> {to})")
+            out = await act_on_pagerduty(
+                pagerduty, pd_key, "resolve", resolution=f"Resolved in Jira ({key} -> {to})"
+            )
         except Exception as e:  # noqa: BLE001 - PagerDuty unreachable / refused: let Jira retry
             log.warning("jira webhook: resolving %s in PagerDuty failed: %s", key, type(e).__name__)
             return web.json_response({"error": "PagerDuty call failed", "issue": key}, status=503)
         log.info("jira webhook: %s moved to %s -> PagerDuty %s", key, to, out.status)
-        return web.json_response({"issue": key, "incident_id": ref.get("incident_id"), "pagerduty": out.status,
-                                  "message": out.message, "pd_incident_id": out.pd_incident_id})
+        return web.json_response(
+            {
+                "issue": key,
+                "incident_id": ref.get("incident_id"),
+                "pagerduty": out.status,
+                "message": out.message,
+                "pd_incident_id": out.pd_incident_id,
+            }
+        )
 
     return handler

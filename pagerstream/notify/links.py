@@ -59,6 +59,7 @@ PARAMS = ("i", "a", "k", "e", "n", "s")
 # keys
 # ------------------------------------------------------------------------------------------------
 
+
 class LinkKeyError(ValueError):
     """No usable key material for action links."""
 
@@ -104,23 +105,35 @@ def _as_keys(key: bytes | str | Sequence[bytes | str]) -> list[bytes]:
 # links
 # ------------------------------------------------------------------------------------------------
 
+
 def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
 def _message(incident_id: str, action: str, pd_incident_key: str, expiry: int, nonce: str) -> bytes:
     # a JSON array is an unambiguous encoding of the fields (no separator tricks)
-    return json.dumps([VERSION, incident_id, action, pd_incident_key, int(expiry), nonce],
-                      separators=(",", ":"), ensure_ascii=True).encode()
+    return json.dumps(
+        [VERSION, incident_id, action, pd_incident_key, int(expiry), nonce],
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode()
 
 
 def _sign(key: bytes, *fields: Any) -> str:
     return _b64(hmac.new(key, _message(*fields), hashlib.sha256).digest())
 
 
-def make_link(base_url: str, incident_id: str, action: str, pd_incident_key: str, ttl_s: float,
-              key: bytes | str | Sequence[bytes | str], *, now: float | None = None,
-              nonce: str | None = None) -> str:
+def make_link(
+    base_url: str,
+    incident_id: str,
+    action: str,
+    pd_incident_key: str,
+    ttl_s: float,
+    key: bytes | str | Sequence[bytes | str],
+    *,
+    now: float | None = None,
+    nonce: str | None = None,
+) -> str:
     """A signed URL that acknowledges/resolves `pd_incident_key` in PagerDuty until now + ttl_s."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
@@ -132,8 +145,9 @@ def make_link(base_url: str, incident_id: str, action: str, pd_incident_key: str
     expiry = int((time.time() if now is None else now) + ttl_s)
     nonce = nonce or _b64(secrets.token_bytes(16))
     sig = _sign(signing, incident_id, action, pd_incident_key, expiry, nonce)
-    query = urlencode({"i": incident_id, "a": action, "k": pd_incident_key, "e": str(expiry), "n": nonce,
-                       "s": sig})
+    query = urlencode(
+        {"i": incident_id, "a": action, "k": pd_incident_key, "e": str(expiry), "n": nonce, "s": sig}
+    )
     parts = urlsplit(base_url)
     q = f"{parts.query}&{query}" if parts.query else query
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", q, ""))
@@ -182,8 +196,13 @@ class ActionLinks:
     incidents of services with grouping "none" (key = the alert's dedup_key) such a link finds no
     PagerDuty incident and changes nothing, so callers should pass the key."""
 
-    def __init__(self, base_url: str, keys: bytes | str | Sequence[bytes | str],
-                 ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        keys: bytes | str | Sequence[bytes | str],
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.base_url = base_url
         self.keys = _as_keys(keys)
         self.ttl_s = ttl_s
@@ -191,13 +210,15 @@ class ActionLinks:
 
     def __call__(self, incident_id: str, action: str, pd_incident_key: str | None = None) -> str:
         pd_incident_key = pd_incident_key or f"pagerstream-{incident_id}"
-        return make_link(self.base_url, incident_id, action, pd_incident_key, self.ttl_s, self.keys,
-                         now=self.clock())
+        return make_link(
+            self.base_url, incident_id, action, pd_incident_key, self.ttl_s, self.keys, now=self.clock()
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # acting on PagerDuty
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ActionOutcome:
@@ -206,8 +227,9 @@ class ActionOutcome:
     pd_incident_id: str | None = None
 
 
-async def act_on_pagerduty(pd: Any, pd_incident_key: str, action: str, *,
-                           resolution: str | None = None) -> ActionOutcome:
+async def act_on_pagerduty(
+    pd: Any, pd_incident_key: str, action: str, *, resolution: str | None = None
+) -> ActionOutcome:
     """Acknowledge or resolve the PagerDuty incident whose incident_key is `pd_incident_key`.
 
     Raises the REST client's errors for anything other than "not found" / "already in that state",
@@ -236,22 +258,25 @@ async def act_on_pagerduty(pd: Any, pd_incident_key: str, action: str, *,
             return ActionOutcome("already", "The PagerDuty incident is already resolved.", inc.get("id"))
         raise
     verb = "acknowledged" if action == "acknowledge" else "resolved"
-    return ActionOutcome("done", f"PagerDuty incident {inc.get('incident_number') or inc['id']} {verb}.",
-                         inc["id"])
+    return ActionOutcome(
+        "done", f"PagerDuty incident {inc.get('incident_number') or inc['id']} {verb}.", inc["id"]
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # HTTP handler
 # ------------------------------------------------------------------------------------------------
 
-_RELEASE_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_RELEASE_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+)
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                               "frame-ancestors 'none'",
+    "frame-ancestors 'none'",
 }
 _VERB = {"acknowledge": "Acknowledge", "resolve": "Resolve"}
 
@@ -261,34 +286,50 @@ def _ts(epoch: float) -> str:
 
 
 def _page(status: int, title: str, body_html: str) -> web.Response:
-    doc = ("<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex\">"
-           f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:40em;"
-           "margin:3em auto;padding:0 1em}button{font-size:1.1em;padding:.4em 1.2em}</style></head>"
-           f"<body><h1>{html.escape(title)}</h1>{body_html}</body></html>")
+    doc = (
+        '<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">'
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:40em;"
+        "margin:3em auto;padding:0 1em}button{font-size:1.1em;padding:.4em 1.2em}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body_html}</body></html>"
+    )
     return web.Response(status=status, text=doc, content_type="text/html", headers=_SECURITY_HEADERS)
 
 
 def _describe(c: LinkClaims) -> str:
-    return (f"<p>Incident <code>{html.escape(c.incident_id)}</code> "
-            f"(PagerDuty incident key <code>{html.escape(c.pd_incident_key)}</code>).</p>")
+    return (
+        f"<p>Incident <code>{html.escape(c.incident_id)}</code> "
+        f"(PagerDuty incident key <code>{html.escape(c.pd_incident_key)}</code>).</p>"
+    )
 
 
 def _used_page(c: LinkClaims, rec: dict) -> web.Response:
     if rec.get("state") == "pending":
-        return _page(409, "This link is being used right now",
-                     _describe(c) + f"<p>It was opened at {html.escape(_ts(rec.get('at', 0)))} by "
-                     f"{html.escape(str(rec.get('by', 'someone')))} and the action is in progress. "
-                     "Nothing more was done.</p>")
-    return _page(409, "This link was already used",
-                 _describe(c) + f"<p>Already used at {html.escape(_ts(rec.get('at', 0)))} by "
-                 f"{html.escape(str(rec.get('by', 'someone')))}: {html.escape(str(rec.get('result', '')))}</p>"
-                 "<p>Nothing was changed this time.</p>")
+        return _page(
+            409,
+            "This link is being used right now",
+            _describe(c) + f"<p>It was opened at {html.escape(_ts(rec.get('at', 0)))} by "
+            f"{html.escape(str(rec.get('by', 'someone')))} and the action is in progress. "
+            "Nothing more was done.</p>",
+        )
+    return _page(
+        409,
+        "This link was already used",
+        _describe(c) + f"<p>Already used at {html.escape(_ts(rec.get('at', 0)))} by "
+        f"{html.escape(str(rec.get('by', 'someone')))}: {html.escape(str(rec.get('result', '')))}</p>"
+        "<p>Nothing was changed this time.</p>",
+    )
 
 
-def link_handler(*, keys: bytes | str | Sequence[bytes | str], redis: Any, pagerduty: Any,
-                 prefix: str = DEFAULT_PREFIX, clock: Callable[[], float] = time.time,
-                 trust_forwarded_for: bool = False,
-                 record_grace_s: int = RECORD_GRACE_S) -> Callable[[web.Request], Awaitable[web.Response]]:
+def link_handler(
+    *,
+    keys: bytes | str | Sequence[bytes | str],
+    redis: Any,
+    pagerduty: Any,
+    prefix: str = DEFAULT_PREFIX,
+    clock: Callable[[], float] = time.time,
+    trust_forwarded_for: bool = False,
+    record_grace_s: int = RECORD_GRACE_S,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     """An aiohttp handler for GET/HEAD (confirmation page, never acts) and POST (acts once).
 
     `redis`: a redis.asyncio client; `pagerduty`: a PagerDutyREST (or anything with list_all,
@@ -325,60 +366,102 @@ def link_handler(*, keys: bytes | str | Sequence[bytes | str], redis: Any, pager
             c = verify_link(params, key_list)
         except TamperedLink as e:
             log.warning("action link refused (%s) from %s", e, request.remote)
-            return _page(403, "This link is not valid",
-                         "<p>The link was changed or is incomplete, so it cannot be used. "
-                         "Use the link exactly as it was sent.</p>")
+            return _page(
+                403,
+                "This link is not valid",
+                "<p>The link was changed or is incomplete, so it cannot be used. "
+                "Use the link exactly as it was sent.</p>",
+            )
         rec = await existing(c)
         if rec is not None:
             return _used_page(c, rec)
         now = clock()
         if now >= c.expiry:
-            return _page(410, "This link has expired",
-                         _describe(c) + f"<p>It could be used until {html.escape(_ts(c.expiry))}. "
-                         "Nothing was changed. Open the incident in PagerDuty instead.</p>")
+            return _page(
+                410,
+                "This link has expired",
+                _describe(c) + f"<p>It could be used until {html.escape(_ts(c.expiry))}. "
+                "Nothing was changed. Open the incident in PagerDuty instead.</p>",
+            )
         if request.method != "POST":
-            hidden = "".join(f'<input type="hidden" name="{p}" value="{html.escape(params[p])}">' for p in PARAMS)
-            return _page(200, f"{_VERB[c.action]} this incident?",
-                         _describe(c) + f"<p>The link is valid until {html.escape(_ts(c.expiry))} and "
-                         "works once.</p>"
-                         f'<form method="post" action="{html.escape(request.path)}">{hidden}'
-                         '<p><label>Your name (recorded with the action): '
-                         '<input type="text" name="name" maxlength="80"></label></p>'
-                         f'<p><button type="submit">{_VERB[c.action]}</button></p></form>')
+            hidden = "".join(
+                f'<input type="hidden" name="{p}" value="{html.escape(params[p])}">' for p in PARAMS
+            )
+            return _page(
+                200,
+                f"{_VERB[c.action]} this incident?",
+                _describe(c) + f"<p>The link is valid until {html.escape(_ts(c.expiry))} and "
+                "works once.</p>"
+                f'<form method="post" action="{html.escape(request.path)}">{hidden}'
+                "<p><label>Your name (recorded with the action): "
+                '<input type="text" name="name" maxlength="80"></label></p>'
+                f'<p><button type="submit">{_VERB[c.action]}</button></p></form>',
+            )
         # claim the nonce: exactly one POST gets past this point
         by = who(request, name)
         token = secrets.token_hex(8)
-        claim = json.dumps({"at": now, "by": by, "state": "pending", "action": c.action,
-                            "incident_id": c.incident_id, "claim": token})
+        claim = json.dumps(
+            {
+                "at": now,
+                "by": by,
+                "state": "pending",
+                "action": c.action,
+                "incident_id": c.incident_id,
+                "claim": token,
+            }
+        )
         ttl = max(1, int(c.expiry - now) + record_grace_s)
         if not await redis.set(prefix + c.nonce, claim, nx=True, ex=ttl):
             return _used_page(c, await existing(c) or {"at": now, "by": "someone", "result": ""})
         try:
-            out = await act_on_pagerduty(pagerduty, c.pd_incident_key, c.action,
-                                         resolution=f"Resolved from a pagerstream link by {by}"
-                                         if c.action == "resolve" else None)
+            out = await act_on_pagerduty(
+                pagerduty,
+                c.pd_incident_key,
+                c.action,
+                resolution=f"Resolved from a pagerstream link by {by}" if c.action == "resolve" else None,
+            )
         except Exception as e:  # noqa: BLE001 - transient or unexpected: give the link back for a retry
             await redis.eval(_RELEASE_LUA, 1, prefix + c.nonce, claim)
             log.warning("action link %s for %s failed: %s", c.action, c.incident_id, type(e).__name__)
-            return _page(502, "PagerDuty could not be reached",
-                         _describe(c) + "<p>Nothing was changed and the link can be used again. "
-                         "Try again in a minute, or open the incident in PagerDuty.</p>")
+            return _page(
+                502,
+                "PagerDuty could not be reached",
+                _describe(c) + "<p>Nothing was changed and the link can be used again. "
+                "Try again in a minute, or open the incident in PagerDuty.</p>",
+            )
         if out.status == "not_found":
             await redis.eval(_RELEASE_LUA, 1, prefix + c.nonce, claim)
-            return _page(404, "No PagerDuty incident (yet)",
-                         _describe(c) + f"<p>{html.escape(out.message)} Nothing was changed; the link "
-                         "can be used again.</p>")
-        done = json.dumps({"at": now, "by": by, "state": "used", "action": c.action, "incident_id": c.incident_id,
-                           "result": out.message, "pd_incident_id": out.pd_incident_id})
+            return _page(
+                404,
+                "No PagerDuty incident (yet)",
+                _describe(c) + f"<p>{html.escape(out.message)} Nothing was changed; the link "
+                "can be used again.</p>",
+            )
+        done = json.dumps(
+            {
+                "at": now,
+                "by": by,
+                "state": "used",
+                "action": c.action,
+                "incident_id": c.incident_id,
+                "result": out.message,
+                "pd_incident_id": out.pd_incident_id,
+            }
+        )
         await redis.set(prefix + c.nonce, done, xx=True, keepttl=True)
         log.info("action link: %s %s by link (%s)", c.action, c.incident_id, out.status)
-        return _page(200, "Done" if out.status == "done" else "Nothing to do",
-                     _describe(c) + f"<p>{html.escape(out.message)}</p>")
+        return _page(
+            200,
+            "Done" if out.status == "done" else "Nothing to do",
+            _describe(c) + f"<p>{html.escape(out.message)}</p>",
+        )
 
     return handler
 
 
-def add_link_routes(app: web.Application, path: str, handler: Callable[[web.Request], Awaitable[web.Response]]) -> None:
+def add_link_routes(
+    app: web.Application, path: str, handler: Callable[[web.Request], Awaitable[web.Response]]
+) -> None:
     """GET (and HEAD) + POST on `path`."""
     app.router.add_get(path, handler)
     app.router.add_post(path, handler)

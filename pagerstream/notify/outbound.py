@@ -48,7 +48,7 @@ import httpx
 from pagerstream.notify.base import DeliveryResult
 
 __all__ = [
-    "ALLOWLIST_ENV", "Allowlist", "GuardedTransport", "METADATA_ADDRESSES", "OutboundBlocked",
+    "ALLOWLIST_ENV", "METADATA_ADDRESSES", "Allowlist", "GuardedTransport", "OutboundBlocked",
     "address_problem", "outbound_client", "result_for_exception",
 ]
 
@@ -92,7 +92,7 @@ class Allowlist:
             except ValueError:
                 pass
             name = target.lower().rstrip(".")
-            check = name[2:] if name.startswith("*.") else name
+            check = name.removeprefix("*.")
             if not check or not all(part and len(part) <= 63 and all(c.isalnum() or c in "-_" for c in part)
                                     for part in check.split(".")):
                 raise ValueError(f"{ALLOWLIST_ENV}: entry {i} ({entry[:80]!r}) is not a host, host:port, "
@@ -210,7 +210,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
                           ) -> httpcore.AsyncNetworkStream:
         try:
             addrs = await asyncio.wait_for(self.resolver(host, port), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         except OSError as e:
             raise httpcore.ConnectError(f"cannot resolve {host}: {e.strerror or type(e).__name__}") from None
@@ -244,9 +244,8 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx.AsyncHTTPTransport whose connection pool connects only to checked addresses."""
 
     def __init__(self, *, allowlist: Allowlist | str | None = None, resolver: Resolver | None = None,
-                 verify: Any = True, limits: httpx.Limits = httpx.Limits(max_connections=100,
-                                                                         max_keepalive_connections=20),
-                 http2: bool = False) -> None:
+                 verify: Any = True, limits: httpx.Limits | None = None, http2: bool = False) -> None:
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         super().__init__(verify=verify, trust_env=False, limits=limits, http2=http2)
         allow = (Allowlist.from_env() if allowlist is None
                  else Allowlist.parse(allowlist) if isinstance(allowlist, str) else allowlist)
@@ -288,7 +287,7 @@ def result_for_exception(exc: BaseException) -> DeliveryResult:
     refused by policy -> permanent; timeouts and network errors -> retry. No URL or secret in `answer`."""
     if isinstance(exc, OutboundBlocked):
         return DeliveryResult(ok=False, permanent=True, answer=str(exc)[:500])
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return DeliveryResult(ok=False, answer=f"timeout ({type(exc).__name__})")
     if isinstance(exc, httpx.UnsupportedProtocol):
         return DeliveryResult(ok=False, permanent=True, answer="unsupported URL scheme")

@@ -5,7 +5,8 @@ pagerstream -> ServiceNow (`send`):
   answer does not create a second record), else POST /api/now/table/<table> with short_description
   (template "jira_summary.txt.j2", at most 160 characters), description (template "email.txt.j2":
   plain text; the Jira template is wiki markup, which ServiceNow would show as is), urgency and
-  impact (from the severity), correlation_id, correlation_display "pagerstream" and any extra `fields` from the config.
+  impact (from the severity), correlation_id, correlation_display "pagerstream" and any extra
+  `fields` from the config.
   The sys_id goes to ctx.refs, and the reverse (sys_id -> incident id + PagerDuty incident_key) under
   the ref id "servicenow:<sys_id>" for the way back.
 * later changes: PATCH /api/now/table/<table>/<sys_id> with work_notes.
@@ -21,7 +22,8 @@ from the instance; `poll_once()` is the unit a scheduler calls.
 Destination config: instance_url (https://<instance>.service-now.com), table (default "incident"),
 close_code (default "Solution provided"; older instances use e.g. "Solved (Permanently)"),
 close_notes (default text), urgency / impact ({severity: "1".."3"}), fields (extra record fields),
-body_template / summary_template (default "email.txt.j2" / "jira_summary.txt.j2"), timeout_s (default 20), allow_http (default false).
+body_template / summary_template (default "email.txt.j2" / "jira_summary.txt.j2"), timeout_s
+(default 5, per request), allow_http (default false).
 Secret: {"username": ..., "password": ...} (basic auth) or {"access_token": ...} (OAuth bearer).
 """
 
@@ -83,10 +85,16 @@ class TableApi:
         self.auth, headers = _auth(creds)
         self.headers = {**headers, "Accept": "application/json"}
         self.http = http
-        self.timeout = float(cfg.get("timeout_s", 20))
+        self.timeout = float(cfg.get("timeout_s", 5))
 
-    async def call(self, method: str, sys_id: str | None = None, *, params: dict[str, str] | None = None,
-                   body: Any = None) -> httpx.Response:
+    async def call(
+        self,
+        method: str,
+        sys_id: str | None = None,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> httpx.Response:
         url = f"{self.base}/api/now/table/{self.table}"
         if sys_id:
             url += "/" + quote(sys_id, safe="")
@@ -105,8 +113,14 @@ def _levels(cfg: dict[str, Any], severity: str) -> tuple[str, str]:
 
 def _fail(r: httpx.Response, sys_id: str | None = None) -> DeliveryResult:
     res = classify_http(r)
-    return DeliveryResult(ok=False, status=res.status, retry_after=res.retry_after, permanent=res.permanent,
-                          answer=res.answer, external_ref=sys_id)
+    return DeliveryResult(
+        ok=False,
+        status=res.status,
+        retry_after=res.retry_after,
+        permanent=res.permanent,
+        answer=res.answer,
+        external_ref=sys_id,
+    )
 
 
 async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
@@ -126,14 +140,25 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         if type(e).__name__ == "TemplateRenderError":  # pagerstream.notify.templates: the template is wrong
             return DeliveryResult(ok=False, permanent=True, answer=str(e)[:500])
         raise
-    close = {"state": "6", "close_code": str(cfg.get("close_code") or "Solution provided"),
-             "close_notes": str(cfg.get("close_notes") or f"Resolved in pagerstream/PagerDuty: "
-                                f"{inc.get('reason') or inc.get('change')}")[:4000]}
+    close = {
+        "state": "6",
+        "close_code": str(cfg.get("close_code") or "Solution provided"),
+        "close_notes": str(
+            cfg.get("close_notes")
+            or f"Resolved in pagerstream/PagerDuty: {inc.get('reason') or inc.get('change')}"
+        )[:4000],
+    }
     try:
         sys_id = await ctx.refs.get(n.incident_id, dest)
         if sys_id is None:  # maybe created before, answer lost: look it up by correlation_id
-            r = await api.call("GET", params={"sysparm_query": f"correlation_id={n.incident_id}",
-                                              "sysparm_fields": "sys_id,state", "sysparm_limit": "1"})
+            r = await api.call(
+                "GET",
+                params={
+                    "sysparm_query": f"correlation_id={n.incident_id}",
+                    "sysparm_fields": "sys_id,state",
+                    "sysparm_limit": "1",
+                },
+            )
             if r.status_code != 200:
                 return _fail(r)
             found = r.json().get("result") or []
@@ -159,8 +184,9 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
                 res = r.json()["result"]
                 sys_id = str(res["sys_id"])
                 await _remember(ctx.refs, dest, sys_id, n)
-                return DeliveryResult(ok=True, status=201, answer=f"created {res.get('number', sys_id)}",
-                                      external_ref=sys_id)
+                return DeliveryResult(
+                    ok=True, status=201, answer=f"created {res.get('number', sys_id)}", external_ref=sys_id
+                )
         patch: dict[str, Any] = {"work_notes": text}
         if resolved:
             g = await api.call("GET", sys_id, params={"sysparm_fields": "state"})
@@ -172,18 +198,27 @@ async def send(n: Notification, ctx: ChannelContext) -> DeliveryResult:
         if r.status_code != 200:
             return _fail(r, sys_id)
         res = r.json()["result"]
-        return DeliveryResult(ok=True, status=200, external_ref=sys_id,
-                              answer=f"updated {res.get('number', sys_id)} (state {res.get('state')})")
+        return DeliveryResult(
+            ok=True,
+            status=200,
+            external_ref=sys_id,
+            answer=f"updated {res.get('number', sys_id)} (state {res.get('state')})",
+        )
     except httpx.TransportError as e:
         what = "timeout" if isinstance(e, httpx.TimeoutException) else "connection error"
         return DeliveryResult(ok=False, permanent=False, answer=f"{what}: {type(e).__name__}")
     except (ValueError, KeyError, TypeError) as e:
-        return DeliveryResult(ok=False, permanent=False, answer=f"unexpected ServiceNow answer: {type(e).__name__}")
+        return DeliveryResult(
+            ok=False, permanent=False, answer=f"unexpected ServiceNow answer: {type(e).__name__}"
+        )
 
 
 async def _remember(refs: RefStore, dest: str, sys_id: str, n: Notification) -> None:
-    await refs.set(REVERSE_PREFIX + sys_id, dest, json.dumps(
-        {"incident_id": n.incident_id, "pd_incident_key": n.incident.get("pd_dedup_key")}))
+    await refs.set(
+        REVERSE_PREFIX + sys_id,
+        dest,
+        json.dumps({"incident_id": n.incident_id, "pd_incident_key": n.incident.get("pd_dedup_key")}),
+    )
     await refs.set(n.incident_id, dest, sys_id)
 
 
@@ -198,6 +233,7 @@ class ServiceNowChannel:
 # ServiceNow -> PagerDuty
 # ------------------------------------------------------------------------------------------------
 
+
 class ServiceNowResolvedPoller:
     """Resolve PagerDuty incidents whose ServiceNow record was resolved/closed in ServiceNow.
 
@@ -205,9 +241,18 @@ class ServiceNowResolvedPoller:
     compared by the instance), so the poller needs no clock agreement with the instance. Records seen
     at the watermark are remembered by (sys_id, sys_updated_on) so the `>=` query does not act twice."""
 
-    def __init__(self, *, http: httpx.AsyncClient, config: dict[str, Any], credentials: dict[str, Any],
-                 refs: RefStore, destination: str, pagerduty: Any, since: str | None = None,
-                 page_size: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        config: dict[str, Any],
+        credentials: dict[str, Any],
+        refs: RefStore,
+        destination: str,
+        pagerduty: Any,
+        since: str | None = None,
+        page_size: int = 100,
+    ) -> None:
         self.api = TableApi(http, config, credentials)
         self.refs = refs
         self.destination = destination
@@ -226,9 +271,14 @@ class ServiceNowResolvedPoller:
         """One pass; returns what was done per record. Raises on ServiceNow errors (caller retries)."""
         from pagerstream.notify.links import act_on_pagerduty
 
-        r = await self.api.call("GET", params={
-            "sysparm_query": self._query(), "sysparm_limit": str(self.page_size),
-            "sysparm_fields": "sys_id,number,state,correlation_id,sys_updated_on,close_code"})
+        r = await self.api.call(
+            "GET",
+            params={
+                "sysparm_query": self._query(),
+                "sysparm_limit": str(self.page_size),
+                "sysparm_fields": "sys_id,number,state,correlation_id,sys_updated_on,close_code",
+            },
+        )
         if r.status_code != 200:
             raise RuntimeError(f"ServiceNow poll -> HTTP {r.status_code}: {r.text[:200]}")
         done: list[dict[str, Any]] = []
@@ -241,12 +291,23 @@ class ServiceNowResolvedPoller:
                 self._mark(sys_id, updated)
                 continue
             ref = json.loads(raw)
-            out = await act_on_pagerduty(self.pd, ref["pd_incident_key"], "resolve",
-                                         resolution=f"Resolved in ServiceNow ({rec.get('number', sys_id)}, "
-                                                    f"{rec.get('close_code') or 'no close code'})")
+            out = await act_on_pagerduty(
+                self.pd,
+                ref["pd_incident_key"],
+                "resolve",
+                resolution=f"Resolved in ServiceNow ({rec.get('number', sys_id)}, "
+                f"{rec.get('close_code') or 'no close code'})",
+            )
             self._mark(sys_id, updated)
-            done.append({"sys_id": sys_id, "number": rec.get("number"), "incident_id": ref.get("incident_id"),
-                         "pagerduty": out.status, "pd_incident_id": out.pd_incident_id})
+            done.append(
+                {
+                    "sys_id": sys_id,
+                    "number": rec.get("number"),
+                    "incident_id": ref.get("incident_id"),
+                    "pagerduty": out.status,
+                    "pd_incident_id": out.pd_incident_id,
+                }
+            )
             log.info("servicenow: %s resolved in ServiceNow -> PagerDuty %s", rec.get("number"), out.status)
         return done
 

@@ -45,7 +45,7 @@ import httpx
 from aiohttp import web
 
 from pagerstream.notify.base import ChannelContext, DeliveryResult, Notification, classify_http
-from pagerstream.notify.templates import TemplateRenderError, is_open
+from pagerstream.notify.templates import TemplateRenderError, is_open, validate_template_config
 
 log = logging.getLogger("pagerstream.notify.slack")
 
@@ -402,6 +402,44 @@ class SlackApiChannel:
 
 CHANNELS = {SlackWebhookChannel.kind: SlackWebhookChannel, SlackApiChannel.kind: SlackApiChannel}
 
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+
+
+def _common_problems(config: Mapping[str, Any], known: set[str]) -> list[str]:
+    problems = validate_template_config(config)
+    for k in ("url", "webhook_url", "token", "bot_token", "signing_secret"):
+        if k in config:
+            problems.append(f"{k}: credentials belong in the destination's secret, not in config")
+    for k in ("buttons", "thread_replies"):
+        if k in config and not isinstance(config[k], bool):
+            problems.append(f"{k}: expected true or false")
+    unknown = set(config) - known - {"template", "templates", "links", "url", "webhook_url", "token", "bot_token",
+                                     "signing_secret"}
+    problems += [f"{k}: unknown setting" for k in sorted(unknown)]
+    return problems
+
+
+def validate_webhook_config(config: Mapping[str, Any]) -> list[str]:
+    """Config problems of a `slack_webhook` destination (secret: {"url": ...})."""
+    return _common_problems(config, {"buttons"})
+
+
+def validate_api_config(config: Mapping[str, Any]) -> list[str]:
+    """Config problems of a `slack_api` destination (secret: {"token": "xoxb-..."})."""
+    problems = _common_problems(config, {"channel", "api_url", "buttons", "thread_replies"})
+    ch = config.get("channel")
+    if not isinstance(ch, str) or not ch:
+        problems.append("channel: required (the channel ID, e.g. C0123456789)")
+    elif not _CHANNEL_ID.match(ch):
+        problems.append("channel: must be a channel ID (C…/G…/D…), not a name: chat.update only takes IDs")
+    url = config.get("api_url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("https://", "http://"))):
+        problems.append("api_url: expected an http(s) URL")
+    return problems
+
+
+VALIDATORS = {SlackWebhookChannel.kind: validate_webhook_config, SlackApiChannel.kind: validate_api_config}
+
 
 # ------------------------------------------------------------------------------------------------
 # request signatures
@@ -680,7 +718,8 @@ def act_through_pagerduty(rest_client: Any, *, user_emails: Mapping[str, str] | 
 
 
 __all__ = [
-    "ACTION_IDS", "ACTIONS_BY_ID", "ActionOutcome", "CHANNELS", "SecretURLFilter", "install_log_redaction", "SlackApiChannel", "SlackWebhookChannel",
+    "ACTION_IDS", "ACTIONS_BY_ID", "ActionOutcome", "CHANNELS", "SecretURLFilter", "VALIDATORS",
+    "install_log_redaction", "validate_api_config", "validate_webhook_config", "SlackApiChannel", "SlackWebhookChannel",
     "act_through_pagerduty", "action_value", "actions_block", "api_result", "build_message", "find_incident",
     "escalation_level", "fit_blocks", "parse_action_value", "signature_problem", "slack_interactions_handler",
 ]

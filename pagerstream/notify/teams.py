@@ -20,6 +20,7 @@ A workflow cannot edit a card it posted: every change is a new card.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import replace
@@ -29,7 +30,7 @@ import httpx
 
 from pagerstream.notify.base import ChannelContext, DeliveryResult, Notification, classify_http
 from pagerstream.notify.slack import install_log_redaction
-from pagerstream.notify.templates import TemplateRenderError, is_open
+from pagerstream.notify.templates import TemplateRenderError, is_open, validate_template_config
 
 log = logging.getLogger("pagerstream.notify.teams")
 install_log_redaction()  # httpx logs full URLs; the Workflows URL's sig is the credential
@@ -39,7 +40,7 @@ CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 MAX_MESSAGE_BYTES = 28 * 1024  # Teams message size limit (Limits and specifications for Microsoft Teams)
 _SHRINK_STEPS = (1000, 400, 150)
 
-ActionLink = Callable[[str, str], str]
+ActionLink = Callable[..., str]
 
 
 def _open_url(title: str, url: str, style: str | None = None) -> dict[str, Any]:
@@ -49,14 +50,30 @@ def _open_url(title: str, url: str, style: str | None = None) -> dict[str, Any]:
     return a
 
 
+def _takes_key(fn: Callable[..., str]) -> bool:
+    """Does the link maker take a third argument (the PagerDuty incident key)?"""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 def card_actions(incident: Mapping[str, Any], action_link: ActionLink | None) -> list[dict[str, Any]]:
-    """Acknowledge (while triggered) and Resolve links while open, and the runbook link."""
+    """Acknowledge (while triggered) and Resolve links while open, and the runbook link.
+    `action_link(incident_id, action)`, or `(incident_id, action, pd_dedup_key)` when it takes three."""
     out: list[dict[str, Any]] = []
     iid = str(incident.get("incident_id") or "")
     if action_link is not None and is_open(incident) and incident.get("change_detail") != "paused":
+        extra = (str(incident.get("pd_dedup_key") or ""),) if _takes_key(action_link) and incident.get("pd_dedup_key") else ()
+
+        def make(action: str) -> str:
+            return action_link(iid, action, *extra)  # type: ignore[call-arg]
+
         if incident.get("state") == "triggered":
-            out.append(_open_url("Acknowledge", action_link(iid, "acknowledge"), "positive"))
-        out.append(_open_url("Resolve", action_link(iid, "resolve")))
+            out.append(_open_url("Acknowledge", make("acknowledge"), "positive"))
+        out.append(_open_url("Resolve", make("resolve")))
     rb = incident.get("runbook_url")
     if isinstance(rb, str) and rb.lower().startswith(("https://", "http://")):
         out.append(_open_url("Runbook", rb))
@@ -150,5 +167,17 @@ class TeamsChannel:
 
 CHANNELS = {TeamsChannel.kind: TeamsChannel}
 
+
+def validate_config(config: Mapping[str, Any]) -> list[str]:
+    """Config problems of a `teams` destination (secret: {"url": <workflow trigger URL>}); called by
+    pagerstream.notify.config for every `teams` destination."""
+    problems = validate_template_config(config)
+    for k in ("url", "webhook_url"):
+        if k in config:
+            problems.append(f"{k}: the workflow URL carries its signature; put it in the destination's secret")
+    problems += [f"{k}: unknown setting" for k in sorted(set(config) - {"template", "templates", "links", "url",
+                                                                          "webhook_url"})]
+    return problems
+
 __all__ = ["CARD_CONTENT_TYPE", "CHANNELS", "MAX_MESSAGE_BYTES", "TeamsChannel", "build_card", "build_payload",
-           "card_actions", "wrap"]
+           "card_actions", "validate_config", "wrap"]

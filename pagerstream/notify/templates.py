@@ -311,6 +311,36 @@ def _load(name: str, spec: Any = None) -> Any:
         raise TemplateRenderError(f"template {name} cannot be read: {type(e).__name__}") from None
 
 
+def validate_template_config(config: Mapping[str, Any]) -> list[str]:
+    """Problems with a destination's `template` / `templates` settings (for config validation)."""
+    problems: list[str] = []
+
+    def check(where: str, spec: Any) -> None:
+        if isinstance(spec, str):
+            if not spec.strip():
+                problems.append(f"{where}: empty")
+            return
+        if not isinstance(spec, Mapping) or len({"inline", "path"} & set(spec)) != 1 or set(spec) - {"inline", "path"}:
+            problems.append(f"{where}: expected a string, {{path: ...}} or {{inline: ...}}")
+        elif not isinstance(next(iter(spec.values())), str):
+            problems.append(f"{where}: must be a string")
+
+    if config.get("template") is not None:
+        check("template", config["template"])
+    named = config.get("templates")
+    if named is not None:
+        if not isinstance(named, Mapping):
+            problems.append("templates: expected a mapping of template name -> template")
+        else:
+            for name, spec in named.items():
+                check(f"templates.{name}", spec)
+    links = config.get("links")
+    if links is not None and (not isinstance(links, list)
+                              or not all(isinstance(x, Mapping) and isinstance(x.get("url"), str) for x in links)):
+        problems.append("links: expected a list of {title, url}")
+    return problems
+
+
 # ------------------------------------------------------------------------------------------------
 # what templates see
 # ------------------------------------------------------------------------------------------------
@@ -578,6 +608,6 @@ preview_command = _make_preview_command()
 __all__ = [
     "CHANNEL_TEMPLATES", "PRIMARY_TEMPLATE", "TEMPLATE_DIR", "TemplateRenderError", "complete_record",
     "default_template_names", "is_json_template", "is_open", "preview", "preview_command", "render",
-    "render_json", "template_context", "urgency_of",
+    "render_json", "template_context", "urgency_of", "validate_template_config",
 ]
 

@@ -14,7 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis.asyncio as aioredis
@@ -77,7 +77,7 @@ class Receiver:
         async with self.arrived:
             await self.arrived.wait_for(lambda: len(self.bodies) >= n)
 
-    async def __aenter__(self) -> Receiver:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
         self.runner = web.AppRunner(app)
@@ -151,7 +151,7 @@ async def stage():
         ensure_stack()
     r = aioredis.from_url(redis_url(), socket_timeout=5, socket_connect_timeout=5)
     ns = f"ut-{uuid.uuid4().hex[:8]}."
-    http = outbound_client(allowlist="127.0.0.1", timeout=60)
+    http = outbound_client(allowlist="127.0.0.1", timeout=30)
     ctx = ChannelContext(http=http, secret=lambda ref: {}, render=lambda t, n: "", refs=None)  # type: ignore[arg-type]
     e = SimpleNamespace(r=r, ns=ns, ctx=ctx, made=[], attempts=[], dead=[])
 
@@ -321,6 +321,7 @@ async def test_hung_destination_does_not_delay_another():
         fast_out2 = await run(note(fast_d, "f-2", 1), "fast2")
         assert fast_out.kind == fast_out2.kind == "delivered"
         assert done == ["fast", "fast2"] and not any(t.done() for t in t_slow)
+        assert len(slow.bodies) == 2  # still the first two calls: fast never waited for a slow call to end
         slow.release.set()
         slow_out = await asyncio.gather(*t_slow)
         assert all(o.kind == "delivered" for o in slow_out)

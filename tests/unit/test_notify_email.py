@@ -48,22 +48,27 @@ class Recorder:
     async def handle_DATA(self, server, session, envelope):
         if self.data_reply:
             return self.data_reply
-        self.messages.append({
-            "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
-            "starttls": session.ssl is not None,  # aiosmtpd sets session.ssl when STARTTLS completes
-            "cipher": (session.ssl or {}).get("cipher"),
-            "authenticated": bool(session.authenticated),
-            "login": getattr(session.auth_data, "login", None),
-            "mail_from": envelope.mail_from,
-            "rcpt_tos": list(envelope.rcpt_tos),
-            "msg": email.message_from_bytes(envelope.original_content, policy=policy.default),
-        })
+        self.messages.append(
+            {
+                "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
+                "starttls": session.ssl is not None,  # aiosmtpd sets session.ssl when STARTTLS completes
+                "cipher": (session.ssl or {}).get("cipher"),
+                "authenticated": bool(session.authenticated),
+                "login": getattr(session.auth_data, "login", None),
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "msg": email.message_from_bytes(envelope.original_content, policy=policy.default),
+            }
+        )
         return "250 2.0.0 queued"
 
 
 def authenticator(server, session, envelope, mechanism, auth_data):
-    ok = isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode() \
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == USER.encode()
         and auth_data.password == PASSWORD.encode()
+    )
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
@@ -94,7 +99,9 @@ def smtp_server(cert, *, starttls=True, auth=True, implicit_tls=False):
         kw.update(tls_context=server_tls(cert), require_starttls=True)
     if auth:
         # aiosmtpd's auth_require_tls only knows STARTTLS; with implicit TLS the socket is encrypted anyway
-        kw.update(authenticator=authenticator, auth_required=True, auth_require_tls=starttls and not implicit_tls)
+        kw.update(
+            authenticator=authenticator, auth_required=True, auth_require_tls=starttls and not implicit_tls
+        )
     ctl = Controller(rec, hostname="127.0.0.1", port=free_port(), server_hostname="mx.test", **kw)
     ctl.start()
     try:
@@ -127,17 +134,39 @@ def render(name: str, n: Notification) -> str:
 
 
 def incident(version=1, change="opened", state="triggered") -> dict:
-    return {"event_id": f"abc123-1#{version}", "incident_id": "abc123-1", "version": version, "change": change,
-            "reason": "test", "state": state, "pd_dedup_key": "pagerstream-abc123-1", "routing_key_hint": "000A",
-            "summary": "payments-api 5xx above 5%", "severity": "critical", "open_alerts": 1, "total_alerts": 1,
-            "duplicates": 0, "opened_at": 1, "at": version}
+    return {
+        "event_id": f"abc123-1#{version}",
+        "incident_id": "abc123-1",
+        "version": version,
+        "change": change,
+        "reason": "test",
+        "state": state,
+        "pd_dedup_key": "pagerstream-abc123-1",
+        "routing_key_hint": "000A",
+        "summary": "payments-api 5xx above 5%",
+        "severity": "critical",
+        "open_alerts": 1,
+        "total_alerts": 1,
+        "duplicates": 0,
+        "opened_at": 1,
+        "at": version,
+    }
 
 
 def dest(port, *, secret=True, **cfg) -> Destination:
-    base = {"to": ["oncall@example.com", "lead@example.com"], "from": "pagerstream@example.com",
-            "host": "127.0.0.1", "port": port, "timeout_s": 10}
-    return Destination(name="mail-oncall", channel="email", config={**base, **cfg},
-                       secret_ref="smtp-cred" if secret else None)
+    base = {
+        "to": ["oncall@example.com", "lead@example.com"],
+        "from": "pagerstream@example.com",
+        "host": "127.0.0.1",
+        "port": port,
+        "timeout_s": 10,
+    }
+    return Destination(
+        name="mail-oncall",
+        channel="email",
+        config={**base, **cfg},
+        secret_ref="smtp-cred" if secret else None,
+    )
 
 
 def note(d: Destination, **kw) -> Notification:
@@ -147,10 +176,14 @@ def note(d: Destination, **kw) -> Notification:
 
 def context(cert, refs=None, *, trusted=True, password=PASSWORD, render=render) -> ChannelContext:
     client = ssl.create_default_context(cafile=cert[0]) if trusted else ssl.create_default_context()
-    return ChannelContext(http=None, secret=lambda ref: {"username": USER, "password": password},
-                          render=render, refs=refs or DictRefs(),
-                          action_link=ActionLinks("https://ps.example.com/act", LINK_KEY, ttl_s=3600),
-                          smtp=SmtpSettings(ssl_context=client))
+    return ChannelContext(
+        http=None,
+        secret=lambda ref: {"username": USER, "password": password},
+        render=render,
+        refs=refs or DictRefs(),
+        action_link=ActionLinks("https://ps.example.com/act", LINK_KEY, ttl_s=3600),
+        smtp=SmtpSettings(ssl_context=client),
+    )
 
 
 def send(n, ctx):
@@ -184,9 +217,16 @@ def test_first_message_has_both_parts_over_starttls_with_auth(cert):
         assert msg["In-Reply-To"] is None and msg["References"] is None
         assert msg["Subject"] == "[CRITICAL] triggered: payments-api 5xx above 5%"
         assert msg["Auto-Submitted"] == "auto-generated"
-        assert json.loads(refs.d[("abc123-1", "mail-oncall")]) == {"message_id": mid, "subject": msg["Subject"]}
+        assert json.loads(refs.d[("abc123-1", "mail-oncall")]) == {
+            "message_id": mid,
+            "subject": msg["Subject"],
+        }
         # signed links in both parts: acknowledge + resolve for a triggered incident
-        urls = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith(("Acknowledge: ", "Resolve: "))]
+        urls = [
+            line.split(": ", 1)[1]
+            for line in text.splitlines()
+            if line.startswith(("Acknowledge: ", "Resolve: "))
+        ]
         assert len(urls) == 2
         claims = [verify_link(parse_link(u), LINK_KEY) for u in urls]
         assert [c.action for c in claims] == ["acknowledge", "resolve"]
@@ -266,12 +306,15 @@ def test_untrusted_certificate_is_permanent(cert):
         assert rec.messages == []
 
 
-@pytest.mark.parametrize("where, reply, permanent", [
-    ("rcpt", "450 4.2.1 mailbox busy", False),
-    ("rcpt", "550 5.1.1 no such user", True),
-    ("data", "451 4.3.0 try again later", False),
-    ("data", "554 5.7.1 message rejected", True),
-])
+@pytest.mark.parametrize(
+    "where, reply, permanent",
+    [
+        ("rcpt", "450 4.2.1 mailbox busy", False),
+        ("rcpt", "550 5.1.1 no such user", True),
+        ("data", "451 4.3.0 try again later", False),
+        ("data", "554 5.7.1 message rejected", True),
+    ],
+)
 def test_smtp_replies_4xx_transient_5xx_permanent(cert, where, reply, permanent):
     with smtp_server(cert) as (rec, port):
         setattr(rec, f"{where}_reply", reply)
@@ -290,7 +333,9 @@ def test_connection_refused_is_transient(cert):
 
 
 def test_bad_configuration_is_permanent(cert):
-    d = Destination(name="m", channel="email", config={"to": [], "from": "a@example.com", "host": "127.0.0.1"})
+    d = Destination(
+        name="m", channel="email", config={"to": [], "from": "a@example.com", "host": "127.0.0.1"}
+    )
     r = send(note(d), context(cert))
     assert not r.ok and r.permanent and "configuration" in r.answer
 

@@ -48,15 +48,26 @@ INCIDENT_KEY = "pagerstream-0123456789abcdef-1"
 
 
 def seed() -> dict:
-    return {"users": [{"id": "PBOT001", "name": "Oncall Bot", "email": EMAIL}],
-            "services": [{"id": "PSVC001", "name": "payments-api"}],
-            "incidents": [{"id": "PINC001", "title": "payments 5xx", "service_id": "PSVC001",
-                           "incident_key": INCIDENT_KEY}]}
+    return {
+        "users": [{"id": "PBOT001", "name": "Oncall Bot", "email": EMAIL}],
+        "services": [{"id": "PSVC001", "name": "payments-api"}],
+        "incidents": [
+            {"id": "PINC001", "title": "payments 5xx", "service_id": "PSVC001", "incident_key": INCIDENT_KEY}
+        ],
+    }
 
 
 class Env:
     def __init__(self, sb, state, pd, red, prefix, url, http):
-        self.sb, self.state, self.pd, self.redis, self.prefix, self.url, self.http = sb, state, pd, red, prefix, url, http
+        self.sb, self.state, self.pd, self.redis, self.prefix, self.url, self.http = (
+            sb,
+            state,
+            pd,
+            red,
+            prefix,
+            url,
+            http,
+        )
 
     def link(self, action="acknowledge", *, ttl=3600, now=None, key=LINK_KEY, incident_key=INCIDENT_KEY):
         return make_link(self.url + "/act", "0123456789abcdef-1", action, incident_key, ttl, key, now=now)
@@ -79,11 +90,20 @@ def run(scenario, *, retry: RetryPolicy | None = None, clock=time.time):
             async with pd_sandbox.SandboxServer(host="127.0.0.1", port=0) as sb:
                 state = rest_state(sb.app)
                 state.seed(seed())
-                pd = PagerDutyREST(base_url=sb.url, allow_private=True, api_key=PD_KEY, from_email=EMAIL,
-                                   rng=random.Random(1), retry=retry)
+                pd = PagerDutyREST(
+                    base_url=sb.url,
+                    allow_private=True,
+                    api_key=PD_KEY,
+                    from_email=EMAIL,
+                    rng=random.Random(1),
+                    retry=retry,
+                )
                 app = web.Application()
-                add_link_routes(app, "/act", link_handler(keys=[LINK_KEY], redis=red, pagerduty=pd,
-                                                          prefix=prefix, clock=clock))
+                add_link_routes(
+                    app,
+                    "/act",
+                    link_handler(keys=[LINK_KEY], redis=red, pagerduty=pd, prefix=prefix, clock=clock),
+                )
                 async with StandinServer(app) as srv, httpx.AsyncClient(timeout=30) as http:
                     try:
                         return await scenario(Env(sb, state, pd, red, prefix, srv.url, http))
@@ -101,6 +121,7 @@ def run(scenario, *, retry: RetryPolicy | None = None, clock=time.time):
 # ------------------------------------------------------------------------------------------------
 # link format and keys
 # ------------------------------------------------------------------------------------------------
+
 
 def test_link_round_trip_and_every_field_is_signed():
     url = make_link("https://ps.example.com/act", "inc-1", "resolve", "pd key/1", 600, LINK_KEY, now=1000)
@@ -125,7 +146,9 @@ def test_keys_from_encryption_key_or_dedicated_secret_with_rotation():
     derived = link_keys({"ENCRYPTION_KEY": f"{new},{old}"})
     assert derived == [derive_link_key(new), derive_link_key(old)]
     assert derive_link_key(new) != base64.urlsafe_b64decode(new)  # never the encryption key itself
-    signed_before_rotation = make_link("https://x/act", "i", "resolve", "k", 60, link_keys({"ENCRYPTION_KEY": old}))
+    signed_before_rotation = make_link(
+        "https://x/act", "i", "resolve", "k", 60, link_keys({"ENCRYPTION_KEY": old})
+    )
     assert verify_link(parse_link(signed_before_rotation), derived).action == "resolve"
     dedicated = "d" * 40
     assert link_keys({"ENCRYPTION_KEY": new, links.KEY_ENV: dedicated}) == [dedicated.encode()]
@@ -140,12 +163,15 @@ def test_action_links_for_channel_context():
     c = verify_link(parse_link(al("inc-1", "acknowledge", "pd-1")), LINK_KEY)
     assert (c.pd_incident_key, c.expiry) == ("pd-1", 5060)
     # two arguments (ChannelContext's declared signature): pagerstream's grouped-incident key
-    assert verify_link(parse_link(al("inc-1", "acknowledge")), LINK_KEY).pd_incident_key == "pagerstream-inc-1"
+    assert (
+        verify_link(parse_link(al("inc-1", "acknowledge")), LINK_KEY).pd_incident_key == "pagerstream-inc-1"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # handler
 # ------------------------------------------------------------------------------------------------
+
 
 def test_get_and_head_show_a_confirmation_and_never_act():
     async def scenario(env: Env):
@@ -210,9 +236,13 @@ def test_tampered_links_are_refused():
     async def scenario(env: Env):
         good = parse_link(env.link("acknowledge"))
         base = env.url + "/act"
-        variants = [{**good, "a": "resolve"}, {**good, "e": str(int(good["e"]) + 86400)},
-                    {**good, "k": "pagerstream-someone-else"}, {**good, "s": good["s"][:-2] + "AA"},
-                    {k: v for k, v in good.items() if k != "n"}]
+        variants = [
+            {**good, "a": "resolve"},
+            {**good, "e": str(int(good["e"]) + 86400)},
+            {**good, "k": "pagerstream-someone-else"},
+            {**good, "s": good["s"][:-2] + "AA"},
+            {k: v for k, v in good.items() if k != "n"},
+        ]
         for v in variants:
             g = await env.http.get(base + "?" + urlencode(v))
             assert g.status_code == 403, v

@@ -7,10 +7,12 @@ names that must point at a private or metadata address (no DNS server is involve
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -48,7 +50,7 @@ class Server:
             raise web.HTTPFound(self.redirect_to)
         return web.json_response({"ok": True})
 
-    async def __aenter__(self) -> Server:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app)
@@ -221,7 +223,7 @@ async def test_connection_is_pinned_to_the_checked_address():
 def _cert_for(name: str, directory: Path) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
@@ -256,9 +258,11 @@ async def test_tls_to_the_pinned_address_uses_the_name_for_sni_and_certificate(t
 
 # --- (c) redirects -----------------------------------------------------------------------------------
 async def test_redirect_to_a_refused_target_is_not_followed():
-    async with Server("127.0.0.2") as inner, \
-            Server(redirect_to="http://169.254.169.254/latest/meta-data/") as to_metadata:
-        async with Server(redirect_to=inner.url) as to_inner:
+    async with contextlib.AsyncExitStack() as stack:
+        inner = await stack.enter_async_context(Server("127.0.0.2"))
+        to_metadata = await stack.enter_async_context(Server(redirect_to="http://169.254.169.254/latest/meta-data/"))
+        to_inner = await stack.enter_async_context(Server(redirect_to=inner.url))
+        if True:
             allow = f"127.0.0.1:{to_inner.port},127.0.0.1:{to_metadata.port}"
             async with outbound_client(allowlist=allow) as c:  # default: redirects not followed at all
                 r = await c.get(to_inner.url)

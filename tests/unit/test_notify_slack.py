@@ -660,3 +660,18 @@ async def test_pagerduty_refusal_is_reported_to_the_user():
         assert not out.ok and "PagerDuty refused" in out.message and PD_KEY not in out.message
         assert pd.collections["incidents"]["PINC001"]["status"] == "triggered"
 
+
+
+def test_config_validation():
+    ok = {"channel": CHANNEL, "api_url": "https://slack.com/api", "buttons": True, "template": {"path": "x.j2"}}
+    assert slack_mod.validate_api_config(ok) == []
+    problems = slack_mod.validate_api_config({"channel": "#payments", "token": BOT_TOKEN, "buttons": "yes",
+                                              "templates": {"slack.json.j2": {"inline": 1}}, "colour": "red"})
+    assert any(p.startswith("channel: must be a channel ID") for p in problems)
+    assert any(p.startswith("token: credentials belong in the destination's secret") for p in problems)
+    assert "buttons: expected true or false" in problems and "colour: unknown setting" in problems
+    assert "templates.slack.json.j2: must be a string" in problems
+    assert BOT_TOKEN not in " ".join(problems)
+    assert slack_mod.validate_api_config({}) == ["channel: required (the channel ID, e.g. C0123456789)"]
+    assert slack_mod.validate_webhook_config({}) == []
+    assert slack_mod.validate_webhook_config({"url": "https://hooks.slack.com/services/x"})[0].startswith("url:")

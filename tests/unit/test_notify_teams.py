@@ -246,3 +246,22 @@ async def test_standin_checks_the_request_envelope():
         big = copy.deepcopy(payload)
         big["attachments"][0]["content"]["body"][0]["text"] = "x" * (MAX_MESSAGE_BYTES + 1)
         assert (await c.post(f"{base}?api-version=1&sp=x&sv=1.0&sig={SIG}", json=big)).status_code == 413
+
+
+async def test_link_maker_taking_the_pagerduty_key_gets_it():
+    seen: list[tuple] = []
+
+    def three(incident_id: str, action: str, pd_incident_key: str | None = None) -> str:
+        seen.append((incident_id, action, pd_incident_key))
+        return f"https://pagerstream.example.com/act?i={incident_id}&a={action}"
+
+    async with teams_env(action_link=three) as (state, ctx):
+        assert (await TeamsChannel().send(note(incident()), ctx)).ok
+    assert seen == [("inc-7", "acknowledge", "pdkey-inc-7"), ("inc-7", "resolve", "pdkey-inc-7")]
+
+
+def test_config_validation():
+    assert teams_mod.validate_config({"template": {"inline": "{}"}}) == []
+    problems = teams_mod.validate_config({"url": "https://x/invoke?sig=abc", "template": {"file": "x"}})
+    assert problems[0].startswith("template:") and any(p.startswith("url:") for p in problems)
+    assert "abc" not in " ".join(problems)
