@@ -170,7 +170,7 @@ class DeadLetter:
     def from_json(cls, line: str | bytes) -> DeadLetter:
         d = json.loads(line)
         if not isinstance(d, dict) or not isinstance(d.get("incident"), dict):
-            raise ValueError("not a dead letter")
+            raise ValueError("not a dead letter")  # noqa: TRY004 - bad input, as json.loads would say
         return cls(key=str(d["key"]), destination=str(d["destination"]), channel=str(d.get("channel") or ""),
                    incident=d["incident"], bundled=tuple(d.get("bundled") or ()), status=d.get("status"),
                    answer=str(d.get("answer") or ""), attempts=int(d.get("attempts") or 0),
@@ -366,8 +366,8 @@ class Delivery:
                 await t
             except asyncio.CancelledError:
                 pass
-            except Exception as e:  # noqa: BLE001 - the task logs its own failures
-                log.debug("notify task ended with %s", type(e).__name__)
+            except Exception as exc:  # noqa: BLE001 - the task logs its own failures
+                log.debug("notify task ended with %s", type(exc).__name__)
         for lane in self._lanes.values():
             for g in lane.groups.values():
                 for e in (*g.inflight, *g.entries):
@@ -439,10 +439,23 @@ class Delivery:
         attempt = max(e.n.attempt for e in g.inflight)
         last: DeliveryResult | None = None
         channel = g.inflight[-1].channel
+        have_token = False  # kept across breaker and lock waits, spent by a call
         while True:
             self._take_new(g)
             channel = g.inflight[-1].channel
-            # 1. circuit breaker (shared)
+            # 1. rate limit (shared token bucket); changes arriving meanwhile are folded in
+            if not have_token:
+                wait_ms = await lane.limiter.take(self._bucket_id(lane.name))
+                if wait_ms > 0:
+                    if self.clock() + wait_ms / 1000 > deadline:
+                        await self._dead_letter(lane, g, channel, attempt, DeliveryResult(
+                            ok=False, status=last.status if last else None,
+                            answer="rate limit: no token within the retry budget"), call_made=False)
+                        return
+                    await self.sleep(wait_ms / 1000)
+                    continue
+                have_token = True
+            # 2. circuit breaker (shared)
             allowed, wait = await self._breaker_allows(lane)
             if not allowed:
                 if self.clock() + min(wait, p.breaker_poll_s) > deadline or attempt >= p.max_attempts:
@@ -451,16 +464,6 @@ class Delivery:
                         ok=False, status=last.status if last else None, answer=why[:500]), call_made=False)
                     return
                 await self.sleep(min(wait, p.breaker_poll_s))
-                continue
-            # 2. rate limit (shared token bucket); changes arriving meanwhile are folded in
-            wait_ms = await lane.limiter.take(self._bucket_id(lane.name))
-            if wait_ms > 0:
-                if self.clock() + wait_ms / 1000 > deadline:
-                    await self._dead_letter(lane, g, channel, attempt, DeliveryResult(
-                        ok=False, status=last.status if last else None,
-                        answer="rate limit: no token within the retry budget"), call_made=False)
-                    return
-                await self.sleep(wait_ms / 1000)
                 continue
             # 3. one sender per (incident, destination) across workers
             token = await self._lock(lane.name, incident_id)
@@ -489,6 +492,7 @@ class Delivery:
                     await self._mark_delivered([e.n.key for e in g.inflight], n.key)
             finally:
                 await self._unlock(lane.name, incident_id, token)
+            have_token = False
             last = r
             breaker_failure = not r.ok and not r.permanent and r.status != 429
             await self._breaker_result(lane, ok=not breaker_failure)
@@ -572,8 +576,8 @@ class Delivery:
             return True
         try:
             found = await self.redis.mget([self.done_key(k) for k in keys])
-        except _REDIS_ERRORS as e:
-            log.warning("notify dedup unavailable (%s): sending without the check", type(e).__name__)
+        except _REDIS_ERRORS as exc:
+            log.warning("notify dedup unavailable (%s): sending without the check", type(exc).__name__)
             return True
         keep: list[_Entry] = []
         for e, v in zip(g.inflight, found):

@@ -199,7 +199,7 @@ class WebhookChannel:
                    WEBHOOK_ID_HEADER: webhook_id(n.key),
                    SUBSCRIPTION_HEADER: d.name}
         try:
-            resp = await ctx.http.post(url, content=body, headers=headers)
+            resp = await ctx.http.post(str(url), content=body, headers=headers)
         except Exception as e:  # noqa: BLE001 - classified: refused by policy (permanent), network (retry)
             r = result_for_exception(e)
             log.info("webhook %s: %s (attempt %d)", d.name, r.answer, n.attempt)

@@ -262,22 +262,21 @@ async def test_redirect_to_a_refused_target_is_not_followed():
         inner = await stack.enter_async_context(Server("127.0.0.2"))
         to_metadata = await stack.enter_async_context(Server(redirect_to="http://169.254.169.254/latest/meta-data/"))
         to_inner = await stack.enter_async_context(Server(redirect_to=inner.url))
-        if True:
-            allow = f"127.0.0.1:{to_inner.port},127.0.0.1:{to_metadata.port}"
-            async with outbound_client(allowlist=allow) as c:  # default: redirects not followed at all
-                r = await c.get(to_inner.url)
-                assert r.status_code == 302 and r.headers["location"] == inner.url
-            async with outbound_client(allowlist=allow, follow_redirects=True) as c:
-                with pytest.raises(OutboundBlocked, match="127.0.0.2"):
-                    await c.get(to_inner.url)
-                with pytest.raises(OutboundBlocked, match="metadata"):
-                    await c.get(to_metadata.url)
-            assert inner.seen == []  # listening, but never reached
-            assert len(to_inner.seen) == 2 and len(to_metadata.seen) == 1
-            # allow-listed too: then the redirect is followed (the check is per hop, not "never follow")
-            async with outbound_client(allowlist=allow + f",127.0.0.2:{inner.port}", follow_redirects=True) as c:
-                assert (await c.get(to_inner.url)).status_code == 200
-            assert len(inner.seen) == 1
+        allow = f"127.0.0.1:{to_inner.port},127.0.0.1:{to_metadata.port}"
+        async with outbound_client(allowlist=allow) as c:  # default: redirects not followed at all
+            r = await c.get(to_inner.url)
+            assert r.status_code == 302 and r.headers["location"] == inner.url
+        async with outbound_client(allowlist=allow, follow_redirects=True) as c:
+            with pytest.raises(OutboundBlocked, match="127.0.0.2"):
+                await c.get(to_inner.url)
+            with pytest.raises(OutboundBlocked, match="metadata"):
+                await c.get(to_metadata.url)
+        assert inner.seen == []  # listening, but never reached
+        assert len(to_inner.seen) == 2 and len(to_metadata.seen) == 1
+        # allow-listed too: then the redirect is followed (the check is per hop, not "never follow")
+        async with outbound_client(allowlist=allow + f",127.0.0.2:{inner.port}", follow_redirects=True) as c:
+            assert (await c.get(to_inner.url)).status_code == 200
+        assert len(inner.seen) == 1
 
 
 async def test_unresolvable_name_is_a_network_error_not_a_refusal():
