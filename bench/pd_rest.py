@@ -41,18 +41,16 @@ import shlex
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import redis.asyncio as aioredis
+from aiohttp import web
+from pagerstream.streams.pd_rest_sandbox import add_rest_routes
 
-import redis.asyncio as aioredis  # noqa: E402
-from aiohttp import web  # noqa: E402
-
-from pagerstream.pagerduty.cache import PagerDutyCache  # noqa: E402
-from pagerstream.pagerduty.rest import PagerDutyREST, RatePacer  # noqa: E402
-from pagerstream.streams.pd_rest_sandbox import add_rest_routes  # noqa: E402
+from pagerstream.pagerduty.cache import PagerDutyCache
+from pagerstream.pagerduty.rest import PagerDutyREST, RatePacer
 
 KEY = "u+pagerstreamBENCHkey_0123456789-abc"  # shaped like a real API key
 REDIS_PREFIX = "pagerstream-bench:pdrest"
@@ -172,7 +170,7 @@ async def run_ops(ops: list[tuple[str, Any]], target: Any, concurrency: int) -> 
                 else:
                     raise ValueError(kind)
                 done += 1
-            except Exception as e:  # a failed call is a result here, not a crash
+            except Exception as e:  # noqa: BLE001 - a failed call is a result here, not a crash
                 errors.append(f"{kind}: {type(e).__name__}: {e}"[:200])
 
     t0 = time.perf_counter()

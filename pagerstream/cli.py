@@ -411,5 +411,63 @@ from pagerstream.cli_pagerduty import pagerduty as _pagerduty_group  # noqa: E40
 main.add_command(_pagerduty_group)
 
 
+def _notify_hooks() -> None:
+    """The notifications commands read dead letters from Kafka and use the worker's channel context."""
+    import pagerstream.cli_notify as cn
+
+    def dead_letter_source(s: Settings) -> Any:
+        from pagerstream.streams.topics import topic_specs
+
+        topic = topic_specs(s.topic_prefix)["notifications.dead-letter"].name
+        return _read_all_values(s.kafka_bootstrap_servers, topic)
+
+    def context_factory(s: Settings, r: Any) -> Any:
+        from pagerstream.notify import templates
+        from pagerstream.notify.base import ChannelContext
+        from pagerstream.notify.delivery import RedisRefStore
+        from pagerstream.notify.links import ActionLinks, link_keys
+        from pagerstream.notify.outbound import outbound_client
+        from pagerstream.notify.secrets import SecretStore
+
+        public = os.environ.get("PAGERSTREAM_PUBLIC_URL", "http://127.0.0.1:6066")
+        return ChannelContext(http=outbound_client(allowlist=os.environ.get("OUTBOUND_URL_ALLOWLIST")),
+                              secret=SecretStore.from_env().get, render=templates.render,
+                              refs=RedisRefStore(r, namespace=s.topic_prefix),
+                              action_link=ActionLinks(public.rstrip("/") + "/act", link_keys(), ttl_s=86_400))
+
+    cn.dead_letter_source = dead_letter_source
+    cn.context_factory = context_factory
+
+
+async def _read_all_values_async(bootstrap: str, topic: str) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest", group_id=None)
+    await c.start()
+    out: list[bytes] = []
+    try:
+        idle = 0
+        while idle < 3:
+            batch = await c.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            out.extend(m.value for msgs in batch.values() for m in msgs if m.value)
+    finally:
+        await c.stop()
+    return out
+
+
+def _read_all_values(bootstrap: str, topic: str) -> list[bytes]:
+    return asyncio.run(_read_all_values_async(bootstrap, topic))
+
+
+from pagerstream.cli_notify import notifications as _notifications_group  # noqa: E402
+from pagerstream.notify.templates import preview_command as _preview_command  # noqa: E402
+
+_notifications_group.add_command(_preview_command)
+main.add_command(_notifications_group)
+_notify_hooks()
+
+
 if __name__ == "__main__":
     main()

@@ -74,6 +74,7 @@ class Incident:
     recurrence: str | None = None
     features: dict[str, Any] | None = None  # classifier features of the opening alert (feedback on resolve)
     route: dict[str, Any] | None = None  # schemas RouteDecision: where it was routed and why
+    group_key: str | None = None  # the group it lives in (people act on an incident through it)
 
     @property
     def is_open(self) -> bool:
@@ -172,7 +173,7 @@ def _new_incident(g: GroupState, a: Alert, grouping: Grouping,
         incident_id=iid, state="triggered", version=1, pd_dedup_key=pd_key, routing_key=a.routing_key,
         summary=a.summary, severity=a.severity, opened_at=a.received_at, last_trigger_at=a.received_at,
         last_activity_at=a.received_at, members={a.dedup_key: "open"}, service=a.service, team=a.team,
-        tier=a.tier, runbook_url=a.runbook_url, auto_resolve_ms=grouping.auto_resolve_ms,
+        tier=a.tier, runbook_url=a.runbook_url, auto_resolve_ms=grouping.auto_resolve_ms, group_key=g.group_key,
     )
     if advice is not None:
         paused = advice.paused_until is not None and advice.paused_until > a.received_at
@@ -368,7 +369,35 @@ def _dropped(g: GroupState, a: Alert, now: int, why: str) -> tuple[GroupState, l
     return g, [IncidentChangeOut(inc, "dropped", why, a, None)]
 
 
+INCIDENT_ACTION_LABEL = "pagerstream_incident_id"
+
+
+def _incident_action(g: GroupState, a: Alert, now: int) -> tuple[GroupState, list[IncidentChangeOut]]:
+    """A person acknowledged or resolved a whole incident (Slack button, one-click link): every open
+    alert of it follows, and PagerDuty gets the matching call (a no-op there if already done)."""
+    iid = a.labels[INCIDENT_ACTION_LABEL]
+    inc = g.incidents.get(iid)
+    who = a.labels.get("by") or "someone"
+    if inc is None or not inc.is_open:
+        return _dropped(g, a, now, f"{a.action} by {who} dropped: incident {iid} is not open")
+    if a.action == "acknowledge":
+        if inc.state == "acknowledged":
+            inc = _bump(inc, now)
+            return _put(g, inc), [IncidentChangeOut(inc, "duplicate", f"already acknowledged ({who})", a, None)]
+        members = {k: ("acknowledged" if v == "open" else v) for k, v in inc.members.items()}
+        inc = _bump(inc, now, members=members, state="acknowledged", acknowledged_at=now, pending_alert=None)
+        pd = "acknowledge" if inc.pd_triggered else None
+        return _put(g, inc), [IncidentChangeOut(inc, "acknowledged", f"acknowledged by {who} ({a.source})", a, pd)]
+    members = {k: "resolved" for k in inc.members}
+    gm = {k: v for k, v in g.members.items() if v != iid}
+    inc = _bump(inc, now, members=members, state="resolved", resolved_at=now, pending_alert=None)
+    pd = "resolve" if inc.pd_triggered else None
+    return _put(g, inc, gm), [IncidentChangeOut(inc, "resolved", f"resolved by {who} ({a.source})", a, pd)]
+
+
 def _acknowledge(g: GroupState, a: Alert, now: int) -> tuple[GroupState, list[IncidentChangeOut]]:
+    if INCIDENT_ACTION_LABEL in a.labels:
+        return _incident_action(g, a, now)
     iid = g.members.get(a.dedup_key)
     inc = g.incidents.get(iid) if iid else None
     if inc is None or not inc.is_open:
@@ -387,6 +416,8 @@ def _acknowledge(g: GroupState, a: Alert, now: int) -> tuple[GroupState, list[In
 
 
 def _resolve(g: GroupState, a: Alert, now: int, *, auto: bool) -> tuple[GroupState, list[IncidentChangeOut]]:
+    if INCIDENT_ACTION_LABEL in a.labels:
+        return _incident_action(g, a, now)
     iid = g.members.get(a.dedup_key)
     inc = g.incidents.get(iid) if iid else None
     if inc is None or not inc.is_open:

@@ -29,7 +29,7 @@ def incident_event_record(o: IncidentChangeOut) -> dict[str, Any]:
         "pagerduty_action": o.pd_action,
         "change_detail": o.detail, "alert_type": inc.alert_type, "pause": inc.pause,
         "scores": list(inc.scores), "similar": list(inc.similar), "recurrence": inc.recurrence,
-        "route": inc.route,
+        "route": inc.route, "group_key": inc.group_key,
     }
 
 

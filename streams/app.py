@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -57,6 +58,7 @@ from pagerstream.streams.ingress import Ingress
 from pagerstream.streams.learn_agents import LearnAgents, feedback_problems
 from pagerstream.streams.lifecycle_agents import LifecycleAgents
 from pagerstream.streams.metrics import Metrics
+from pagerstream.streams.notify_agents import NotifyAgents
 from pagerstream.streams.model_hub import ModelHub
 from pagerstream.streams.rate_agents import RateAgents
 from pagerstream.streams.topics import topic_specs
@@ -94,7 +96,7 @@ class PagerstreamApp(faust.App):
         await super().on_shutdown()
 
 
-class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
+class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyAgents):
     def __init__(self, settings: Settings, opts: RuntimeOptions | None = None) -> None:
         self.settings = settings
         self.opts = opts or RuntimeOptions()
@@ -148,6 +150,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
             self.pd_rest = PagerDutyREST.from_env()
             self.pd_cache = PagerDutyCache(self.pd_rest, self.redis, registry=self.metrics.registry)
         await self._refresh_oncall()
+        await self.start_notifications()
         limiter = RateLimiter(self.redis, s.pd_rate_per_second, s.pd_burst)
         self.forwarder = Forwarder(enqueue_url=s.events_enqueue_url, change_url=s.events_change_url,
                                    limiter=limiter, metrics=self.metrics, timeout_s=s.pd_timeout_seconds,
@@ -201,6 +204,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
 
     async def stop_side_services(self) -> None:
         await self.catalog.stop()
+        await self.stop_notifications()
         if self.pd_rest is not None:
             await self.pd_rest.aclose()
         await self.models.stop()
@@ -271,6 +275,9 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         self.feedback_topic = topic(n["models.feedback"])
         self.checkpoints_topic = topic(n["models.checkpoints"])
         self.points_topic = topic(n["metrics.points"])
+        self.notify_retry_topic = topic(n["notifications.retry"])
+        self.notify_history_topic = topic(n["notifications.history"])
+        self.notify_dlq_topic = topic(n["notifications.dead-letter"])
         self.lifecycle_topic = topic(n["incidents.lifecycle"])
         self.lifecycle_join_topic, self.lifecycle_sources = self.lifecycle_topics(app)  # + GET /api/v1/analytics
         rocks = {"block_cache_size": 16 * 2**20, "write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2}
@@ -297,6 +304,9 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         app.agent(self.rates_topic, name="rates", concurrency=1)(self._agent_rates)
         app.agent(self.points_topic, name="metric-points", concurrency=1)(self._agent_points)
         app.agent(self.feedback_topic, name="learn", concurrency=1)(self._agent_learn)
+        if os.environ.get("PAGERSTREAM_NOTIFY_CONFIG"):
+            app.agent(self.incidents_topic, name="notify", concurrency=1)(self._agent_notify)
+            app.agent(self.notify_retry_topic, name="notify-retry", concurrency=1)(self._agent_notify_retry)
         app.agent(self.lifecycle_sources, name="lifecycle", concurrency=1)(self._agent_lifecycle)
         app.timer(5.0)(self._checkpoint_timer)
         app.timer(30.0)(self._refresh_oncall)
@@ -309,6 +319,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents):
         router = app.web.web_app.router
         Ingress(self).install(router)
         router.add_post("/api/v1/feedback", self._view_feedback)
+        self.install_notify_routes(router)
         router.add_get("/metrics", self._view_metrics)
         router.add_get("/healthz", self._view_healthz)
         router.add_get("/readyz", self._view_readyz)

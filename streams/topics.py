@@ -62,6 +62,12 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
         TopicSpec(f"{p}models.feedback", 1, 90 * DAY_MS, doc="ModelFeedback: labels the classifier learns from"),
         TopicSpec(f"{p}models.checkpoints", 1, -1, compact=True, max_message_bytes=16 * 2**20,
                   doc="Fernet-sealed model checkpoints, latest per model name (key)"),
+        TopicSpec(f"{p}notifications.retry", 0, 7 * DAY_MS,
+                  doc="internal: incident changes whose notifications are still pending (JSON)"),
+        TopicSpec(f"{p}notifications.history", 0, 30 * DAY_MS,
+                  doc="JSON: every notification attempt (destination, status, outcome, answer), key incident_id"),
+        TopicSpec(f"{p}notifications.dead-letter", 0, 30 * DAY_MS,
+                  doc="JSON lines: notifications given up, with the provider's answer (notifications replay)"),
         TopicSpec(f"{p}metrics.points", 0, 1 * DAY_MS,
                   doc="JSON {series, ts, value}: any metric stream to score for anomalies, keyed by series"),
         # Compacted: every record is a full snapshot of one incident's lifecycle, so the latest per key is

@@ -199,3 +199,31 @@ def test_pagerduty_seq_increases_across_incidents_of_one_key_and_is_replay_stabl
     assert pagerduty_seq(again.outputs[0].incident.incident_id, again.outputs[0].incident.version) == seqs[0]
     _, outs2 = run([a1, r1, a2])  # recomputed from scratch (state lost): same numbers
     assert [pagerduty_seq(o.incident.incident_id, o.incident.version) for o in outs2] == seqs
+
+
+def test_incident_level_actions_from_people_move_every_alert_and_pagerduty_once():
+    from pagerstream.processors.incident import INCIDENT_ACTION_LABEL
+
+    g = Grouping(mode="time_window", window_ms=60_000)
+    s1 = decide(None, alert(1, key="k1"), g)
+    s2 = decide(s1.state, alert(2, key="k2", t=1500), g)
+    iid = s1.outputs[0].incident.incident_id
+    assert s1.outputs[0].incident.group_key == "g"
+
+    def act(n: int, action: str, t: int):
+        return replace(alert(n, action, key="", t=t), labels={INCIDENT_ACTION_LABEL: iid, "by": "ann (Slack)"},
+                       source="slack")
+    s3 = decide(s2.state, act(3, "acknowledge", 3000), g)
+    (o,) = s3.outputs
+    assert (o.change, o.pd_action, o.incident.state) == ("acknowledged", "acknowledge", "acknowledged")
+    assert set(o.incident.members.values()) == {"acknowledged"} and "ann (Slack)" in o.reason
+    assert decide(s3.state, act(4, "acknowledge", 3500), g).outputs[0].pd_action is None  # once
+    s5 = decide(s3.state, act(5, "resolve", 4000), g)
+    (r,) = s5.outputs
+    assert (r.change, r.pd_action, r.incident.state) == ("resolved", "resolve", "resolved")
+    assert s5.state.members == {}
+    # a late source resolve of one of its alerts finds nothing open: dropped, no second PagerDuty resolve
+    late = decide(s5.state, alert(6, "resolve", key="k1", t=5000), g)
+    assert [(x.change, x.pd_action) for x in late.outputs] == [("dropped", None)]
+    # an action on an unknown or closed incident is dropped with a reason
+    assert decide(s5.state, act(7, "resolve", 6000), g).outputs[0].change == "dropped"

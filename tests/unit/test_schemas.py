@@ -131,6 +131,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "route": {"rule": "sec-p1", "routing_key_name": "security", "routing_key_hint": "K3Y9",
                   "escalation_policy_id": "PSEC01", "responder_id": "PANN01",
                   "reason": ["tier 1 + category security -> rule 'sec-p1'"]},
+        "group_key": "4f2a9c1b0e7d:svc:checkout",
     },
     "pagerduty_event": {
         "event_id": "inc-3b9f#1",
