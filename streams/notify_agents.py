@@ -20,11 +20,11 @@ import json
 import logging
 import os
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import faust
 from aiohttp import web
-
 from pagerstream.schemas import DecodeError
 
 log = logging.getLogger("pagerstream.notify")
@@ -162,7 +162,7 @@ class NotifyAgents:
                     await self._notify_one(rec, [d.name for d in self.notify_config.route(rec)], 0)
             except DecodeError as e:
                 await self._dead_letter("notify", str(e)[:2000], e, event.message)
-            except Exception as e:  # noqa: BLE001 - one bad record must not stop notifications
+            except Exception as e:
                 log.exception("notify stage failed")
                 await self._dead_letter("notify", f"internal error: {e}"[:2000], e, event.message)
             yield None
@@ -183,7 +183,7 @@ class NotifyAgents:
                     if wait > 0:
                         await asyncio.sleep(wait)
                     await self._notify_one(r["incident"], list(r["destinations"]), int(r["attempt"]) + 1)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 log.exception("notify retry failed")
                 await self._dead_letter("notify-retry", str(e)[:2000], e, event.message)
             yield None

@@ -19,13 +19,17 @@ from pathlib import Path
 import httpx
 import pytest
 from aiohttp import web
+from pagerstream.streams.itsm_standins import (
+    StandinServer,
+    jira_state,
+    make_jira_app,
+    make_servicenow_app,
+    servicenow_state,
+)
+from pagerstream.streams.notify_standins import make_slack_app, make_teams_app, standin_state
 
 from pagerstream.notify.secrets import SecretStore
 from pagerstream.pagerduty.webhooks import verify_signature
-from pagerstream.streams.itsm_standins import (
-    StandinServer, jira_state, make_jira_app, make_servicenow_app, servicenow_state,
-)
-from pagerstream.streams.notify_standins import make_slack_app, make_teams_app, standin_state
 from tests.conftest import ROUTING_KEY
 from tests.integration.helpers import eventually, read_topic
 from tests.tls import self_signed
@@ -185,3 +189,52 @@ def test_an_incident_reaches_every_channel_and_slack_acknowledge_updates_them_al
     teams_ok = [h for h in hist if h["destination"] == "teams" and h["outcome"] == "delivered"]
     assert len({h["key"] for h in teams_ok}) == len(teams_ok) == 2  # one success per change, the 500 retried
     assert Path(secrets_path).read_bytes().find(BOT.encode()) == -1  # the secrets file is encrypted
+
+
+def test_a_notifier_killed_mid_delivery_sends_at_most_one_duplicate(workers, tmp_path):
+    loop = Loop()
+    got: list[dict] = []
+    first_seen = threading.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        raw = await request.read()
+        got.append({"id": request.headers.get("X-Webhook-Id"), "body": json.loads(raw), "at": time.time()})
+        first_seen.set()
+        if len(got) == 1:
+            await asyncio.sleep(4)  # the first delivery is in flight when the worker dies
+        return web.Response(status=200)
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    server = StandinServer(app)
+    loop.run(server.__aenter__())
+    try:
+        env = workers.env({"OUTBOUND_URL_ALLOWLIST": "127.0.0.1"})
+        secrets_path = tmp_path / "notify-secrets.enc.json"
+        SecretStore(secrets_path, env["ENCRYPTION_KEY"]).put("hook", {"signing_secret": WH_SECRET})
+        cfg = {"destinations": [{"name": "hook", "channel": "webhook", "secret_ref": "hook",
+                                 "config": {"url": server.url + "/hook"}}], "default": ["hook"]}
+        (tmp_path / "notify.yaml").write_text(json.dumps(cfg))
+        env.update({"PAGERSTREAM_NOTIFY_CONFIG": str(tmp_path / "notify.yaml"),
+                    "PAGERSTREAM_NOTIFY_SECRETS": str(secrets_path)})
+        w1 = workers.start(env, name="notify-kill-1")
+        dedup = f"kill-{uuid.uuid4().hex[:6]}"
+        body = {"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": dedup,
+                "payload": {"summary": "queue backlog growing", "source": "mq-1", "severity": "error"}}
+        assert httpx.post(w1.url + "/v2/enqueue", json=body).status_code == 202
+        assert first_seen.wait(60), "the first delivery never started"
+        w1.proc.kill()  # SIGKILL while the receiver holds the first request
+        w2 = workers.start(env, name="notify-kill-2")
+        eventually(lambda: len(got) >= 2, timeout=90, what="the change redelivered after the crash")
+        time.sleep(8)  # anything else still coming would show up now
+        ids = {g["id"] for g in got}
+        assert len(got) == 2 and len(ids) == 1, got  # the same message (same X-Webhook-Id), once more at most
+        assert all(g["body"]["event"]["event_type"] == "incident.triggered" for g in got)
+        # a later change of the incident is delivered exactly once by the surviving worker
+        httpx.post(w2.url + "/v2/enqueue", json={"routing_key": ROUTING_KEY, "event_action": "resolve",
+                                                 "dedup_key": dedup})
+        eventually(lambda: len(got) >= 3, timeout=60, what="the resolve notification")
+        time.sleep(3)
+        assert [g["body"]["event"]["event_type"] for g in got[2:]] == ["incident.resolved"]
+    finally:
+        loop.run(server.__aexit__(None, None, None))
+        loop.close()
