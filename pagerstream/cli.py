@@ -45,10 +45,17 @@ def main() -> None:
 @click.option("--forwarder/--no-forwarder", default=True, show_default=True,
               help="Run the PagerDuty forwarder agents in this worker")
 @click.option("--loglevel", default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per line (ts, level, logger, message, ids), secrets masked")
 def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics: bool, session_timeout: float,
-           tls_cert: str | None, tls_key: str | None, forwarder: bool, loglevel: str) -> None:
+           tls_cert: str | None, tls_key: str | None, forwarder: bool, loglevel: str, log_format: str) -> None:
     """Run a Faust worker: pipeline agents, PagerDuty forwarder and the HTTP ingress."""
     s = _settings()
+    log_config = None
+    if log_format == "json":  # before anything logs; handed to Faust's worker below as well
+        from pagerstream import logging_json
+
+        log_config = logging_json.install(loglevel, logging_json.SecretMasker.from_settings(s))
     os.makedirs(s.datadir, exist_ok=True)  # Faust creates only the last path component
     catalog_path = catalog_path or s.catalog_path or None
     if create_topics:
@@ -66,6 +73,9 @@ def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics
                                               else logging.WARNING))
     pipeline = Pipeline(s, RuntimeOptions(web_port=web_port, web_host=web_host, session_timeout_s=session_timeout,
                                                  tls_cert=tls_cert, tls_key=tls_key, enable_forwarder=forwarder))
+    if log_config is not None:  # quiet: no banner, so stdout is JSON lines only
+        faust.Worker(pipeline.app, loglevel=loglevel, logging_config=log_config, quiet=True).execute_from_commandline()
+        return
     faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
 
 
@@ -467,6 +477,89 @@ from pagerstream.notify.templates import preview_command as _preview_command  # 
 _notifications_group.add_command(_preview_command)
 main.add_command(_notifications_group)
 _notify_hooks()
+
+
+# --- operations: deploy, health, perf, migrate (pagerstream/ops, docs/operations.md) -----------------
+from pagerstream.ops import commands as _ops_commands  # noqa: E402
+
+for _cmd in _ops_commands():
+    main.add_command(_cmd)
+
+
+# --- security: operator tokens, ingress keys, the audit trail (pagerstream/auth.py, pagerstream/audit.py) --
+from pagerstream.audit import audit_cli_command as _audit_cli_command  # noqa: E402
+from pagerstream.audit import audit_group as _audit_group  # noqa: E402
+from pagerstream.auth import auth_group as _auth_group  # noqa: E402
+
+main.add_command(_auth_group)
+main.add_command(_audit_group)
+_audit_cli_command(_pagerduty_group.commands["apply"], "account.apply")  # every apply lands in the audit trail
+
+
+# --- GDPR: one person's data in Redis, tables and topics (pagerstream/gdpr.py, docs/compliance.md) -------
+@main.group("gdpr")
+def gdpr_group() -> None:
+    """Export (right of access) or erase (right to erasure) one person's data."""
+
+
+def _gdpr_subject(emails: tuple[str, ...], user_ids: tuple[str, ...]) -> Any:
+    from pagerstream.gdpr import Subject
+
+    try:
+        return Subject(emails=emails, user_ids=user_ids)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+
+
+_gdpr_who = [click.option("--email", "emails", multiple=True, help="The person's email address (repeatable)"),
+             click.option("--user-id", "user_ids", multiple=True, help="A user id, e.g. PagerDuty's (repeatable)")]
+
+
+def _gdpr_options(f: Any) -> Any:
+    for opt in reversed(_gdpr_who):
+        f = opt(f)
+    return f
+
+
+@gdpr_group.command("export")
+@_gdpr_options
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the JSON report here (default: stdout)")
+def gdpr_export(emails: tuple[str, ...], user_ids: tuple[str, ...], out: str | None) -> None:
+    """What Redis keys, table entries (changelogs) and topic records mention the person, as JSON."""
+    from pagerstream import gdpr
+
+    report = gdpr.export(_settings(), _gdpr_subject(emails, user_ids))
+    text = json.dumps(report, indent=2, default=str)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"{out}: {json.dumps(report['summary'])}")
+    else:
+        click.echo(text)
+
+
+@gdpr_group.command("erase")
+@_gdpr_options
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, tombstoned and rewritten; change nothing")
+@click.option("--yes", is_flag=True, help="Confirm the erasure (required unless --dry-run)")
+@click.option("--allow-running", is_flag=True,
+              help="Erase although workers are running (their tables may write the old values back)")
+def gdpr_erase(emails: tuple[str, ...], user_ids: tuple[str, ...], dry_run: bool, yes: bool,
+               allow_running: bool) -> None:
+    """Delete Redis keys and tombstone/rewrite table entries and compacted records that mention the person.
+
+    Stop the workers first: they re-read the rewritten changelogs when they start. Records on topics
+    with time retention are reported with the time they expire (docs/compliance.md)."""
+    from pagerstream import gdpr
+
+    if not dry_run and not yes:
+        raise click.UsageError("erasure changes Redis and Kafka: pass --yes (or --dry-run to preview)")
+    try:
+        result = gdpr.erase(_settings(), _gdpr_subject(emails, user_ids), allow_running=allow_running,
+                            dry_run=dry_run)
+    except gdpr.WorkersRunning as e:
+        click.echo(f"pagerstream: {e}", err=True)
+        sys.exit(3)
+    click.echo(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":

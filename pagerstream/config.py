@@ -89,6 +89,14 @@ class Settings:
     assign_responders: bool = False  # PAGERSTREAM_ASSIGN_RESPONDERS: reassign in PagerDuty to the routed responder
     # PagerDuty V3 webhook subscriptions we receive: (name in the URL, its signing secrets), sorted by name.
     pagerduty_webhook_secrets: tuple[tuple[str, tuple[Secret, ...]], ...] = ()
+    # Authentication of the HTTP surface (pagerstream/auth.py, docs/security.md).
+    ingress_auth: str = "keys"  # PAGERSTREAM_INGRESS_AUTH: keys (default: a worker without keys refuses to start) | open
+    ingress_keys_path: str = ""  # PAGERSTREAM_INGRESS_KEYS: file of hashed ingress keys (`pagerstream auth ingress-key`)
+    ingress_rate_per_second: float = 100.0  # PAGERSTREAM_INGRESS_RATE: requests/s per key, shared through Redis
+    ingress_burst: int = 1000  # PAGERSTREAM_INGRESS_BURST
+    jwt_audience: str = ""  # PAGERSTREAM_JWT_AUDIENCE: required `aud` of operator tokens (empty: tokens must have none)
+    jwt_issuer: str = ""  # PAGERSTREAM_JWT_ISSUER: required `iss` of operator tokens (empty: not checked)
+    jwt_leeway_seconds: float = 30.0  # PAGERSTREAM_JWT_LEEWAY: clock skew allowed on exp/nbf/iat
 
     def prediction_page_score(self) -> float:
         """ML_PREDICTION_THRESHOLD (0..1, default 0.8) on the rate detector's scale.
@@ -317,6 +325,35 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             problems.append(("PAGERSTREAM_CATALOG", f"expected a readable YAML file; {v!r} does not exist"))
         else:
             kw["catalog_path"] = v
+    if (v := get("PAGERSTREAM_INGRESS_AUTH")) is not None and v != "":
+        if v.lower() not in ("keys", "open"):
+            problems.append(("PAGERSTREAM_INGRESS_AUTH", "expected keys or open"))
+        else:
+            kw["ingress_auth"] = v.lower()
+    if v := get("PAGERSTREAM_INGRESS_KEYS"):
+        from pagerstream.auth import key_file_problem
+
+        if why := key_file_problem(v):
+            problems.append(("PAGERSTREAM_INGRESS_KEYS", why))
+        else:
+            kw["ingress_keys_path"] = v
+    for name, attr, conv, lo, hi in (("PAGERSTREAM_INGRESS_RATE", "ingress_rate_per_second", float, 0.01, 100000),
+                                     ("PAGERSTREAM_INGRESS_BURST", "ingress_burst", int, 1, 1000000),
+                                     ("PAGERSTREAM_JWT_LEEWAY", "jwt_leeway_seconds", float, 0, 300)):
+        if v := get(name):
+            try:
+                x = conv(v)
+                if not lo <= x <= hi:
+                    raise ValueError
+                kw[attr] = x
+            except ValueError:
+                problems.append((name, f"expected {'an integer' if conv is int else 'a number'} between {lo} and {hi}"))
+    for name, attr in (("PAGERSTREAM_JWT_AUDIENCE", "jwt_audience"), ("PAGERSTREAM_JWT_ISSUER", "jwt_issuer")):
+        if v := get(name):
+            if len(v) > 200 or any(c.isspace() for c in v):
+                problems.append((name, "expected up to 200 characters without spaces"))
+            else:
+                kw[attr] = v
     if problems:
         raise ConfigError(problems)
     return Settings(**kw)  # type: ignore[arg-type]

@@ -38,6 +38,9 @@ import yaml
 from .alert import Alert
 from .errors import CatalogError
 from .normalize.generic import GenericMapping
+from .pii import SCHEMA as PII_SCHEMA
+from .pii import PiiSpec
+from .pii import check as check_pii
 
 SCALAR_FIELDS = {"summary": "summary", "source": "origin", "component": "component", "group": "group",
                  "class": "class_", "client_url": "client_url"}  # fmt: skip
@@ -72,6 +75,7 @@ SCHEMA: dict[str, Any] = {
         "defaults": {"type": "object", "additionalProperties": False, "properties": {
             "dedup": _dedup, "grouping": _grouping, "auto_resolve_seconds": _seconds}},
         "redact": _paths,
+        "pii": PII_SCHEMA,  # pattern redaction for every service (processors/pii.py)
         "sources": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"},
                     "additionalProperties": {"type": "object"}},
         "services": {"type": "array", "items": {
@@ -92,7 +96,8 @@ SCHEMA: dict[str, Any] = {
                 "grouping": _grouping,
                 "dedup": _dedup,
                 "auto_resolve_seconds": _seconds,
-                "redact": _paths}}},
+                "redact": _paths,
+                "pii": PII_SCHEMA}}},
     },
 }  # fmt: skip
 
@@ -198,6 +203,7 @@ class ServiceSpec:
     dedup_window_seconds: int = 0
     auto_resolve_seconds: int = 0
     redact: tuple[FieldPath, ...] = ()
+    pii: PiiSpec | None = None  # the service's `pii:` section (processors/pii.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The service with defaults applied, as a catalog `services[]` entry."""
@@ -211,7 +217,7 @@ class ServiceSpec:
             "dedup": {"window_seconds": self.dedup_window_seconds},
             "auto_resolve_seconds": self.auto_resolve_seconds,
             "redact": [p.text for p in self.redact],
-        }
+        } | ({"pii": self.pii.to_dict()} if self.pii is not None else {})
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,7 @@ class Catalog:
     sources: dict[str, GenericMapping]
     version: str
     defaults: ServiceSpec  # the `defaults:` section as a nameless service (grouping, dedup, auto-resolve)
+    pii: PiiSpec | None = None  # the top-level `pii:` section (processors/pii.py)
 
     def find(self, alert: Alert) -> ServiceMatch | None:
         for spec in self.services:
@@ -246,6 +253,8 @@ class Catalog:
             "spec": {"defaults": _defaults_dict(self.defaults), "redact": [p.text for p in self.redact],
                      "sources": {k: m.to_dict() for k, m in self.sources.items()}},
         }  # fmt: skip
+        if self.pii is not None:
+            head["spec"]["pii"] = self.pii.to_dict()
         return [head] + [
             {"name": s.name, "kind": "service", "position": i, "catalog_version": self.version, "spec": s.to_dict()}
             for i, s in enumerate(self.services)
@@ -260,7 +269,7 @@ class Catalog:
             (e for e in entries if e.get("kind") == "service"), key=lambda e: e.get("position", 0)
         )
         doc = {"version": 1, "services": [e.get("spec") for e in services]}
-        doc |= {k: head[k] for k in ("defaults", "redact", "sources") if k in head}
+        doc |= {k: head[k] for k in ("defaults", "redact", "sources", "pii") if k in head}
         versions = {e.get("catalog_version") for e in entries}
         version = versions.pop() if len(versions) == 1 else None
         return _build(
@@ -344,6 +353,7 @@ def _check(doc: Any, file: str) -> list[tuple[str, str]]:
     problems = [(_path(e.absolute_path), e.message) for e in validator.iter_errors(doc)]
     doc = _dict(doc)
     problems += _check_paths(doc.get("redact"), "redact", grouping=False)
+    problems += check_pii(doc.get("pii"), "pii")
     base_grouping = _dict(_dict(doc.get("defaults")).get("grouping"))
     problems += _check_grouping(base_grouping, {}, "defaults.grouping")
     for name, mapping in _dict(doc.get("sources")).items():
@@ -374,6 +384,7 @@ def _check(doc: Any, file: str) -> list[tuple[str, str]]:
         if isinstance(svc.get("grouping"), dict):
             problems += _check_grouping(svc["grouping"], base_grouping, f"{where}.grouping")
         problems += _check_paths(svc.get("redact"), f"{where}.redact", grouping=False)
+        problems += check_pii(svc.get("pii"), f"{where}.pii")
     return problems
 
 
@@ -449,10 +460,11 @@ def _build(doc: Any, *, file: str, version: str) -> Catalog:
             ),
             auto_resolve_seconds=int(s.get("auto_resolve_seconds", defaults.auto_resolve_seconds)),
             redact=tuple(FieldPath.of(p) for p in s.get("redact") or ()),
+            pii=PiiSpec.from_dict(s.get("pii")),
         )
         for s in doc["services"]
     )
     sources = {str(k): GenericMapping.from_dict(v, where=f"sources.{k}", name=str(k), file=file)
                for k, v in (doc.get("sources") or {}).items()}  # fmt: skip
     redact = tuple(FieldPath.of(p) for p in doc.get("redact") or ())
-    return Catalog(services, redact, sources, version, defaults)
+    return Catalog(services, redact, sources, version, defaults, pii=PiiSpec.from_dict(doc.get("pii")))

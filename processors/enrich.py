@@ -13,6 +13,7 @@ from typing import Any
 
 from .alert import Alert, Link
 from .catalog import GROUPING_FIELDS, SCALAR_FIELDS, Catalog, FieldPath, ServiceSpec
+from .pii import redact_pii, redactor_for
 
 REDACTED = "[REDACTED]"
 
@@ -160,6 +161,9 @@ def enrich(alert: Alert, catalog: Catalog) -> Enriched:
             notes.append("routing key from the service")
     before = len(alert.redacted)
     alert = redact(alert, catalog.redact + (spec.redact if spec is not None else ()))
+    # PII patterns (processors/pii.py, docs/compliance.md): after the path rules, before the group key,
+    # so nothing that leaves this stage (alerts.normalized, incident state, PagerDuty) holds a finding.
+    alert = redact_pii(alert, redactor_for(catalog.pii, spec.pii if spec is not None else None))
     if len(alert.redacted) > before:
         notes.append("redacted " + ", ".join(alert.redacted[before:]))
     notes.append(f"grouping {spec.grouping.mode if spec is not None else 'none'}")

@@ -35,6 +35,7 @@ SCHEMA_NAMES = {
     "model_feedback": "model_feedback",
     "pagerduty_webhook": "pagerduty_webhook",
     "incident_lifecycle": "incident_lifecycle",
+    "audit_record": "audit_record",
 }
 
 

@@ -62,6 +62,8 @@ from pagerstream.streams.notify_agents import NotifyAgents
 from pagerstream.streams.model_hub import ModelHub
 from pagerstream.streams.rate_agents import RateAgents
 from pagerstream.streams.topics import topic_specs
+from pagerstream.audit import AuditLog
+from pagerstream.auth import install_auth
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pagerstream.config import Settings
@@ -317,6 +319,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         app.timer(s.tick_seconds)(self._send_ticks)
 
         router = app.web.web_app.router
+        self.auth = install_auth(self, app)  # pagerstream/auth.py: keys, tokens, rate limits before every route
+        self.audit = AuditLog.install(self, app)  # pagerstream/audit.py: audit.intake -> hash chain on `audit`
         Ingress(self).install(router)
         router.add_post("/api/v1/feedback", self._view_feedback)
         self.install_notify_routes(router)
@@ -612,6 +616,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             if fb is not None:
                 await self.feedback_topic.send(key=fb["incident_id"].encode(),
                                                value=self.codecs["model_feedback"].encode(fb))
+        await self.audit.decisions(outs)  # the incident stage's decisions, hash-chained (pagerstream/audit.py)
 
     async def _emit_change(self, a: Alert, seq: int) -> None:
         ev = change_event_record(a, seq)
@@ -652,7 +657,15 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             log.warning("feedback not produced: %s", type(e).__name__)
             return web.json_response({"status": "unavailable", "errors": ["could not write to Kafka"]},
                                      status=503, headers={"Retry-After": "5"})
+        await self.audit.request_action(request, "feedback.submitted", iid, {
+            "feedback_id": fid, "category": rec["category"], "severity": rec["severity"], "by": rec["by"]})
         return web.json_response({"status": "accepted", "feedback_id": fid}, status=202)
+
+    async def act_in_pipeline(self, action: str, incident_id: str, by: str, source: str) -> bool:
+        """NotifyAgents.act_in_pipeline, audited: a person acknowledged or resolved from Slack."""
+        ok = await super().act_in_pipeline(action, incident_id, by, source)
+        await self.audit.action(f"{source}:{by}", f"incident.{action}", incident_id, {"via": source, "applied": ok})
+        return ok
 
     async def _view_metrics(self, request: web.Request) -> web.Response:
         self.metrics.catalog_services.set(len(self.catalog.current.services))

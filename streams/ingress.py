@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from pagerstream.auth import PRINCIPAL
 from pagerstream.pagerduty.webhooks import WebhookReceiver
 from pagerstream.processors.enrich import enrich
 from pagerstream.processors.errors import InvalidInput
@@ -144,6 +145,9 @@ class Ingress:
         ua = request.headers.get("User-Agent")
         if ua:
             attrs["user_agent"] = ua[:200]
+        who = request.get(PRINCIPAL)  # set by pagerstream/auth.py: the key's name, never the key
+        if who is not None:
+            attrs["ingress_principal"] = who.actor
         try:
             alerts = normalize(source, body, raw_id=raw_id, received_at_ms=now, attributes=attrs,
                                default_routing_key=p.default_routing_key,

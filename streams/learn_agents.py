@@ -41,9 +41,11 @@ def feedback_problems(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return ["body must be a JSON object"]
     out = []
-    if not isinstance(body.get("incident_id"), str) or not body["incident_id"]:
-        if not isinstance(body.get("features"), dict):
-            out.append("incident_id (string) or features (object) is required")
+    iid = body.get("incident_id")
+    if iid is not None and (not isinstance(iid, str) or not iid or len(iid) > 200):
+        out.append("incident_id must be a non-empty string (at most 200 characters)")
+    elif iid is None and not isinstance(body.get("features"), dict):
+        out.append("incident_id (string) or features (object) is required")
     cat, sev = body.get("category"), body.get("severity")
     if cat is None and sev is None:
         out.append("give category and/or severity")

@@ -74,6 +74,8 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
         # all a reader needs; compaction keeps one record per incident instead of one per change.
         TopicSpec(f"{p}incidents.lifecycle", 0, -1, compact=True,
                   doc="IncidentLifecycle: pagerstream incident + PagerDuty webhooks joined, keyed by incident_id"),
+        # One partition = one hash chain in one total order; -1 keeps it forever (pagerstream/audit.py).
+        TopicSpec(f"{p}audit", 1, -1, doc="AuditRecord: hash-chained decisions and human/API actions (audit verify)"),
     ]
     return {s.name.removeprefix(p): s for s in specs}
 

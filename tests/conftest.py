@@ -15,6 +15,34 @@ from pagerstream.localrun import Sandbox, Worker, start_sandbox, start_worker, w
 
 ROUTING_KEY = "TESTROUTINGKEY00000000000000000A"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Workers refuse to start without ingress keys (docs/security.md): every test worker gets a key file with
+# the routing keys the suites send as PagerDuty integration keys, plus one bearer key for webhooks, and
+# a JWT secret for the operator API (api_headers()).
+JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
+INGRESS_KEY = "TESTINGRESSBEARERKEY000000000001"
+TEST_ROUTING_KEYS = {"default": ROUTING_KEY, "alertmanager": "ALERTMANAGERROUTINGKEY0000000001",
+                     "crash": "CRASHTESTROUTINGKEY0000000000001", "storm": "STORMTESTROUTINGKEY0000000000001",
+                     "restart": "RESTARTTESTROUTINGKEY00000000001", "bearer": INGRESS_KEY}
+_KEY_FILE: list[str] = []
+
+
+def ingress_key_file() -> str:
+    """A key file (hashes only) with TEST_ROUTING_KEYS, written once per test session."""
+    if not _KEY_FILE:
+        from pagerstream.auth import add_key_to_file
+
+        path = Path(tempfile.mkdtemp(prefix="ps-keys-")) / "ingress-keys"
+        for name, key in TEST_ROUTING_KEYS.items():
+            add_key_to_file(str(path), name, key)
+        _KEY_FILE.append(str(path))
+    return _KEY_FILE[0]
+
+
+def api_headers(role: str = "admin", sub: str = "pytest") -> dict[str, str]:
+    """Authorization for the operator API of a test worker."""
+    from pagerstream.auth import issue_token
+
+    return {"Authorization": "Bearer " + issue_token(JWT_SECRET, sub=sub, role=role, ttl_s=3600)}
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +83,9 @@ class WorkerFactory:
         # The transient pause is switched on only by the tests about it: elsewhere a test that opens
         # and resolves one alert type quickly three times would see its fourth trigger held back.
         return worker_env(app_id=f"ps-test-{run}", prefix=f"t{run}.", datadir=d / "data",
-                          events_url=self.sandbox.url, extra={"PAGERSTREAM_TRANSIENT_PAUSE": "false", **(extra or {})})
+                          events_url=self.sandbox.url, extra={"PAGERSTREAM_TRANSIENT_PAUSE": "false",
+                                                              "PAGERSTREAM_INGRESS_KEYS": ingress_key_file(),
+                                                              "JWT_SECRET": JWT_SECRET, **(extra or {})})
 
     def start(self, env: dict[str, str], **kw) -> Worker:
         w = start_worker(env, self.logdir, catalog=kw.pop("catalog", str(FIXTURES / "catalog.example.yaml")),

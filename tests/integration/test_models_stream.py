@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from pagerstream.streams.learn_agents import HUMAN_WEIGHT
-from tests.conftest import ROUTING_KEY
+from tests.conftest import ROUTING_KEY, api_headers
 from tests.integration.helpers import eventually, produce_bytes, read_topic
 
 pytestmark = pytest.mark.integration
@@ -117,10 +117,11 @@ def test_classifier_checkpoint_scores_feedback_and_similar_incidents(workers, sa
     assert "category" in sb[0]["body"]["payload"]["custom_details"]["pagerstream"]
 
     # A human correction through the API: validated, produced, learned, checkpointed, reloaded.
-    bad = httpx.post(w.url + "/api/v1/feedback", json={"incident_id": opened["incident_id"], "category": "weather"})
+    bad = httpx.post(w.url + "/api/v1/feedback", json={"incident_id": opened["incident_id"], "category": "weather"},
+                     headers=api_headers("responder"))
     assert bad.status_code == 400 and "category must be one of" in bad.json()["errors"][0]
-    ok = httpx.post(w.url + "/api/v1/feedback", json={"incident_id": opened["incident_id"], "category": "business",
-                                                      "by": "alice"})
+    ok = httpx.post(w.url + "/api/v1/feedback", headers=api_headers("responder"),
+                    json={"incident_id": opened["incident_id"], "category": "business", "by": "alice"})
     assert ok.status_code == 202
     eventually(lambda: 'pagerstream_model_feedback_total{kind="human"} 1.0' in w.metrics(), what="feedback learned")
     want = float(learned + HUMAN_WEIGHT)  # a human correction is learned HUMAN_WEIGHT times

@@ -140,7 +140,7 @@ def test_alertmanager_and_grafana_webhooks(shared_worker, sandbox):
     assert r.status_code == 200, r.text
     got = eventually(lambda: _sb_requests(sandbox, fp), what="alertmanager alert at PagerDuty")
     assert got[0]["body"]["event_action"] == "trigger"
-    r = httpx.post(w.url + "/ingest/alertmanager", json={"version": "3", "alerts": "nope"})
+    r = httpx.post(w.url + f"/ingest/alertmanager?routing_key={ROUTING_KEY}", json={"version": "3", "alerts": "nope"})
     assert r.status_code == 400 and r.json()["errors"]
 
 

@@ -191,6 +191,14 @@ BAD = [
     ("PAGERSTREAM_CATALOG", "/nonexistent/catalog.yaml", "'/nonexistent/catalog.yaml' does not exist"),
     ("PAGERSTREAM_CATALOG", str(FIXTURES), "readable YAML file"),
     ("PAGERSTREAM_ALLOW_PRIVATE_PD_URL", "maybe", "true or false"),
+    ("PAGERSTREAM_INGRESS_AUTH", "none", "expected keys or open"),
+    ("PAGERSTREAM_INGRESS_KEYS", "/nonexistent/dir/ingress-keys", "existing directory"),
+    ("PAGERSTREAM_INGRESS_KEYS", str(FIXTURES), "not a regular file"),
+    ("PAGERSTREAM_INGRESS_RATE", "0", "number between 0.01 and 100000"),
+    ("PAGERSTREAM_INGRESS_BURST", "1.5", "integer between 1 and 1000000"),
+    ("PAGERSTREAM_JWT_LEEWAY", "301", "number between 0 and 300"),
+    ("PAGERSTREAM_JWT_AUDIENCE", "pager stream", "without spaces"),
+    ("PAGERSTREAM_JWT_ISSUER", "x" * 201, "up to 200 characters"),
 ]
 # Read but accepted as-is: nothing to validate.
 UNVALIDATED = {"REDIS_PASSWORD", "PAGERSTREAM_DATADIR"}

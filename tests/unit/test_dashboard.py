@@ -54,6 +54,13 @@ def registries() -> list[CollectorRegistry]:
         notify = CollectorRegistry()
         DeliveryMetrics(notify)
         out.append(notify)
+    from pagerstream.audit import AuditMetrics  # authentication and the audit trail (docs/security.md)
+    from pagerstream.auth import AuthMetrics
+
+    security = CollectorRegistry()
+    AuthMetrics(security)
+    AuditMetrics(security)
+    out.append(security)
     return out
 
 

@@ -264,6 +264,17 @@ RECORDS: dict[str, dict[str, Any]] = {
         ],
         "updated_at": T0 + 1_800_100,
     },
+    "audit_record": {
+        "seq": 41,
+        "prev_hash": "9f2c" + "0" * 60,
+        "hash": "3b7a" + "1" * 60,
+        "at": T0,
+        "entry_id": "decision:inc-3b9f#1:opened",
+        "actor": "system:incident-stage",
+        "action": "incident.opened",
+        "object": "inc-3b9f",
+        "details_json": '{"change":"opened","pagerduty_action":"trigger","reason":"new alert: Zürich"}',
+    },
 }
 
 
