@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Scale-out benchmark for pagerstream: workers x partitions, rebalance cost, exactly_once cost.
 
-    python bench/scale.py            # full run, about 10 minutes on a quiet machine
-    python bench/scale.py --quick    # about 4 minutes, 4 configurations, smaller N
+    python bench/scale.py            # full run: 10 configurations, about 10 minutes on a quiet machine
+    python bench/scale.py --quick    # 4 configurations, smaller N (13 minutes on a busy machine)
 
 One run, on the same broker and the same cores (see bench/README.md, "bench/scale.py"):
   0. Kafka ceiling (aiokafka produce/consume, no pagerstream code).
@@ -608,6 +608,13 @@ async def phase_rebalance(ctx: Ctx, admin: Admin) -> dict[str, Any]:
         await asyncio.sleep(a.rebalance_settle)
 
         async def event(kind: str, action: Any) -> None:
+            # start from a steady state: let the backlog of the previous event drain (<= 2 s of load) first
+            t_d = time.perf_counter()
+            while time.perf_counter() - t_d < a.rebalance_window:
+                if series and series[-1][1] - series[-1][2] <= 2 * a.rebalance_rate:
+                    break
+                await asyncio.sleep(0.5)
+            drained = time.perf_counter() - t_d
             i0 = len(series)
             t_ev = time.perf_counter()
             cpu = pl.CpuMeter({**g.pids(), "kafka": pl.kafka_pid(), "pd-sandbox": ctx.sandbox.proc.popen.pid,
@@ -617,11 +624,12 @@ async def phase_rebalance(ctx: Ctx, admin: Admin) -> dict[str, Any]:
             while time.perf_counter() - t_act < a.rebalance_window:  # until recovered (+3 s), at most the window
                 await asyncio.sleep(0.5)
                 ev = _analyse(series, i0, t_ev, t_act, a.rebalance_rate, g.alive())
-                if ev.get("recovered_s") is not None and time.perf_counter() - t_ev > ev["recovered_s"] + 3:
+                if (ev.get("recovered_s") is not None and ev.get("rebalance_end_s") is not None
+                        and time.perf_counter() - t_ev > ev["recovered_s"] + 3):
                     break
             cpu.stop()
             ev = _analyse(series, i0, t_ev, t_act, a.rebalance_rate, g.alive())
-            ev.update(kind=kind, cpu_text=cpu.text(), **(info or {}))
+            ev.update(kind=kind, cpu_text=cpu.text(), drained_s=drained, **(info or {}))
             events.append(ev)
             say(f"    {kind}: " + _event_line(ev))
             await asyncio.sleep(a.rebalance_settle / 2)
@@ -664,11 +672,11 @@ async def phase_rebalance(ctx: Ctx, admin: Admin) -> dict[str, Any]:
 def _analyse(series: list[tuple[float, int, int, str, int]], i0: int, t_ev: float, t_act: float, rate: float,
              alive: int) -> dict[str, Any]:
     """Backlog = produced - delivered to PagerDuty. Before the event: its 95th percentile over the last 5 s.
-    Recovered: from the later of the action's end and the rebalance's start, the first moment the backlog
-    is back at or under that level (+ 0.3 s of load) and stays there for 2 s."""
+    Recovered: from the later of the action's end and the rebalance's end, the first moment the backlog
+    is back at or under that level + max(1 s of load, 25 %) and stays there for 2 s."""
     pre = [p - d for _, p, d, _, _ in series[max(0, i0 - 25):i0]] or [0]
     pre_bl = sorted(pre)[int(0.95 * (len(pre) - 1))]
-    thr = pre_bl + 0.3 * rate
+    thr = pre_bl + max(rate, 0.25 * pre_bl)
     post = series[i0:]
     out: dict[str, Any] = {"pre_backlog": pre_bl}
     if not post:
@@ -690,7 +698,7 @@ def _analyse(series: list[tuple[float, int, int, str, int]], i0: int, t_ev: floa
             last_t, last_d = t, d
         longest = max(longest, t - last_t)
     out["stall_s"] = longest
-    t_from = max(t_act, t_rb0 or t_act)
+    t_from = max(t_act, t_rb1 or t_rb0 or t_act)  # after the rebalance, not during it
     ok_since, out["recovered_s"] = None, None
     for t, p, d, _, _ in post:
         if t < t_from:
@@ -717,7 +725,9 @@ def _event_line(ev: dict[str, Any]) -> str:
         return "-" if x is None else f"{x:.1f} s"
     return (f"rebalance {s(ev.get('rebalance_start_s'))} -> {s(ev.get('rebalance_end_s'))}, longest stall "
             f"{s(ev.get('stall_s'))}, peak backlog {ev.get('peak_backlog', 0):,} (+{ev.get('peak_delay_s') or 0:.1f} s "
-            f"of load), recovered {s(ev.get('recovered_s'))}")
+            f"of load), recovered {s(ev.get('recovered_s'))}"
+            + (f" ({ev['recovered_s'] - ev['rebalance_start_s']:.1f} s after the rebalance began)"
+               if ev.get("recovered_s") is not None and ev.get("rebalance_start_s") is not None else ""))
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -812,7 +822,7 @@ def report(res: dict[str, Any], ctx: Ctx, info: dict[str, str], command: str) ->
         w("")
         w(f"[2] Rebalance cost: 2 workers, {rb['partitions']} partitions, steady {rb['rate']:g} alerts/s to PagerDuty; "
           "times from the event (spawn / SIGTERM / SIGKILL); backlog = sent - delivered; recovered = backlog back to its "
-          "pre-event level (+0.3 s of load) for 2 s.")
+          "pre-event level (+ max(1 s of load, 25%)) for 2 s.")
         for ev in rb["events"]:
             extra = ""
             if "spawn_to_ready_s" in ev:
@@ -941,20 +951,20 @@ def predict(res: dict[str, Any], ctx: Ctx, ncpu: int) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="4 configurations, smaller N, shorter steps (~4 minutes)")
+    ap.add_argument("--quick", action="store_true", help="4 configurations (p4w1,p1w2,p4w2,p12w4), smaller N")
     ap.add_argument("--workers", help="comma list of worker counts (1,2,4)")
     ap.add_argument("--partitions", help="comma list of partition counts (1,4,8,12)")
     ap.add_argument("--configs", help="explicit list like p4w1,p1w2,p12w4 (quick: p4w1,p1w2,p4w2,p12w4)")
-    ap.add_argument("--n", type=int, help="alerts per throughput burst (2000, quick 1000)")
-    ap.add_argument("--lat-rate", type=float, default=100.0, help="the fixed moderate rate for latency (100/s)")
-    ap.add_argument("--lat-seconds", type=float, help="length of each latency step (5, quick 3; 0 = skip)")
+    ap.add_argument("--n", type=int, help="alerts per throughput burst (1500, quick 1000)")
+    ap.add_argument("--lat-rate", type=float, default=50.0, help="the fixed moderate rate for latency (50/s)")
+    ap.add_argument("--lat-seconds", type=float, help="length of each latency step (4, quick 3; 0 = skip)")
     ap.add_argument("--idle-seconds", type=float, default=2.0, help="idle CPU window before each burst (2; 0 = skip)")
     ap.add_argument("--baseline", default="p4w1", help="the configuration the others are compared with")
     ap.add_argument("--kafka-n", type=int, help="records for the Kafka ceiling (20000, quick 5000)")
     ap.add_argument("--rebalance-partitions", type=int, default=8)
     ap.add_argument("--rebalance-rate", type=float, help="steady load in the rebalance phase (default: 40%% of the "
                     "best 2-worker rate of the matrix, so that the group can catch up; 100/s without a matrix)")
-    ap.add_argument("--rebalance-settle", type=float, help="seconds of steady load before each event (6, quick 5)")
+    ap.add_argument("--rebalance-settle", type=float, help="seconds of steady load before each event (5)")
     ap.add_argument("--rebalance-window", type=float, default=40.0, help="max seconds observed after each event")
     ap.add_argument("--no-crash", dest="rebalance_crash", action="store_false", help="skip the SIGKILL event")
     ap.add_argument("--eos-workers", help="exactly_once phase, 4 partitions: 1 = measured like the matrix, more = "
@@ -972,10 +982,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.partitions = [int(x) for x in (a.partitions or "1,4,8,12").split(",")]
     if a.configs is None and a.quick and not (set(argv) & {"--workers", "--partitions"}):
         a.configs = "p4w1,p1w2,p4w2,p12w4"
-    a.n = a.n or (1000 if a.quick else 2000)
-    a.lat_seconds = a.lat_seconds if a.lat_seconds is not None else (3.0 if a.quick else 5.0)
+    a.n = a.n or (1000 if a.quick else 1500)
+    a.lat_seconds = a.lat_seconds if a.lat_seconds is not None else (3.0 if a.quick else 4.0)
     a.kafka_n = a.kafka_n or (5000 if a.quick else 20000)
-    a.rebalance_settle = a.rebalance_settle or (5.0 if a.quick else 6.0)
+    a.rebalance_settle = a.rebalance_settle or 5.0
     a.eos_workers = [int(x) for x in (a.eos_workers or "1,2").split(",") if x]
     return a
 

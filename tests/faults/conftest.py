@@ -448,6 +448,32 @@ def duplicated_incidents(episodes: dict[str, int], opened: dict[str, set[str]]) 
     return {k: sorted(opened.get(k, ())) for k, n in episodes.items() if len(opened.get(k, ())) != n}
 
 
+def trace_keys(bootstrap: str, prefix: str, keys: Iterable[str], limit: int = 5) -> dict[str, Any]:
+    """Where the records of some dedup_keys are on the pipeline's topics (for failure messages):
+    {key: {topic: [(partition, offset, action/change)]}}."""
+    from tests.integration.helpers import read_topic
+
+    want = list(keys)[:limit]
+    out: dict[str, Any] = {k: {} for k in want}
+    for topic, field_ in (("alerts.raw", None), ("alerts.normalized", "action"), ("incidents", "change"),
+                          ("pagerduty.outbox", "action"), ("pagerduty.retry", "action")):
+        for r in read_topic(bootstrap, prefix + topic, idle=1.5):
+            v = r["value"]
+            if not isinstance(v, dict):
+                continue
+            if field_ is None:  # raw: the dedup_key is inside the original body
+                try:
+                    body = json.loads(v.get("body") or b"{}")
+                except ValueError:
+                    continue
+                k, what = body.get("dedup_key"), body.get("event_action")
+            else:
+                k, what = v.get("dedup_key"), v.get(field_)
+            if k in out:
+                out[k].setdefault(topic, []).append((r["partition"], r["offset"], what))
+    return out
+
+
 def max_per_window(times: Iterable[float], window: float = 1.0) -> int:
     """The most events inside any window of `window` seconds (each event starts a window)."""
     ts = sorted(times)

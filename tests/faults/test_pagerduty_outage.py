@@ -51,9 +51,10 @@ def pagerduty_outage(workers: Any, sandbox: Any, *, outage_s: float, n_events: i
             time.sleep(gap)
     timer.mark(f"{len(stream.events)} alerts accepted")
     while time.time() - down_at < outage_s:
-        time.sleep(min(5.0, outage_s - (time.time() - down_at)))
+        time.sleep(max(0.0, min(60.0, outage_s - (time.time() - down_at))))
         if outage_s > 300:
             log(f"  PagerDuty down for {time.time() - down_at:.0f}/{outage_s:.0f} s; worker alive: {w.proc.alive()}")
+        assert w.proc.alive(), "the worker died during the PagerDuty outage:\n" + w.proc.log_tail()
     sandbox.faults({"mode": "clear"})
     up_at = time.time()
     timer.mark("PagerDuty back")

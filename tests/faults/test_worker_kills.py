@@ -22,6 +22,7 @@ from tests.faults.conftest import (
     sandbox_anomalies,
     sandbox_sequences,
     sequence_problems,
+    trace_keys,
     wait_progress,
 )
 from tests.integration.helpers import read_topic
@@ -92,7 +93,7 @@ def worker_kills(workers: Any, sandbox: Any, *, n_events: int, kills: int, rate:
     except AssertionError as e:
         bad = sequence_problems(stream.expected, sandbox_sequences(sandbox, rk))
         raise AssertionError(f"{e}; {len(bad)} keys incomplete or wrong, e.g. {dict(list(bad.items())[:10])}; "
-                             f"topics {prefix}*; {timer}") from None
+                             f"where they are: {trace_keys(bs, prefix, bad)}; topics {prefix}*; {timer}") from None
     timer.mark("all delivered")
     time.sleep(5)  # anything still in flight (a repeated call) shows up now
     got = sandbox_sequences(sandbox, rk)
