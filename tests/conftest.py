@@ -13,6 +13,10 @@ import pytest
 
 from pagerstream.localrun import Sandbox, Worker, start_sandbox, start_worker, worker_env
 
+# The fault-injection suite (tests/faults, docs/faults.md) runs only when asked:
+# PAGERSTREAM_FAULTS=1 scripts/dev test tests/faults. It is not yet stable enough for every CI run.
+collect_ignore_glob = [] if os.environ.get("PAGERSTREAM_FAULTS") else ["faults/*"]
+
 ROUTING_KEY = "TESTROUTINGKEY00000000000000000A"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Workers refuse to start without ingress keys (docs/security.md): every test worker gets a key file with
