@@ -171,10 +171,15 @@ class Ingress:
         except Exception as e:  # Kafka down or timed out: the sender must retry; 503 says so
             log.warning("ingress could not produce to Kafka: %s", type(e).__name__)
             p.metrics.ingress.labels(label, "503").inc()
+            # Retry-After: senders that honour it (Alertmanager, PagerDuty clients) come back when the
+            # producer has had time to reconnect instead of hammering a broker that is restarting.
             if pd_shape:
-                return pd_error(503, "Service unavailable", ["could not persist the event; retry"],
+                resp = pd_error(503, "Service unavailable", ["could not persist the event; retry"],
                                 pd_status="unavailable")
-            return web.json_response({"status": "unavailable", "message": "retry later", "errors": []}, status=503)
+                resp.headers["Retry-After"] = "5"
+                return resp
+            return web.json_response({"status": "unavailable", "message": "retry later", "errors": []}, status=503,
+                                     headers={"Retry-After": "5"})
         p.metrics.ingress.labels(label, "2xx").inc()
         return None
 
