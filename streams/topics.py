@@ -30,7 +30,9 @@ class TopicSpec:
     max_message_bytes: int = 0  # 0 = the broker's default (1 MB)
 
     def config(self) -> dict[str, str]:
-        c = {"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"}
+        # min.insync.replicas is not set here: forcing 1 overrode a cluster's own setting, so acks=all
+        # on 3 brokers meant one copy. The broker's default applies (2 is the usual choice at RF 3).
+        c = {"retention.ms": str(self.retention_ms)}
         if self.compact:
             c["cleanup.policy"] = "compact"
             c["min.compaction.lag.ms"] = "60000"
