@@ -133,7 +133,7 @@ def worker_env(*, app_id: str, prefix: str, datadir: Path, events_url: str | Non
     })
     if not env.get("ENCRYPTION_KEY"):  # local runs: one throwaway key per process (model checkpoints)
         env["ENCRYPTION_KEY"] = dev_encryption_key()
-    if not env.get("PAGERSTREAM_INGRESS_KEYS") and not (extra or {}).get("PAGERSTREAM_INGRESS_KEYS"):
+    if "PAGERSTREAM_INGRESS_KEYS" not in env and "PAGERSTREAM_INGRESS_KEYS" not in (extra or {}):
         # the demo and the benchmarks on loopback: an explicit, logged opt-out of ingress keys (a real
         # deployment without keys refuses to start; see docs/security.md)
         env.setdefault("PAGERSTREAM_INGRESS_AUTH", "open")
