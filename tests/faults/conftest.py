@@ -40,6 +40,21 @@ SHARED_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 OPEN_INGRESS = {"PAGERSTREAM_INGRESS_AUTH": "open"}
 
 
+try:  # resolved here: the child only calls the C function between fork and exec (safe with threads)
+    import ctypes
+
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not Linux/glibc: children are stopped by the fixtures only
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies (PR_SET_PDEATHSIG), so
+    a test run killed by a timeout does not leave a broker or a Redis behind."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
@@ -137,7 +152,8 @@ log4j.logger.org.apache.kafka.clients=WARN
                  "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                  f"-Dlog4j.configuration=file:{self.log4j}", f"-Dkafka.logs.dir={self.logs}",
                  "-cp", cp, "kafka.Kafka", str(self.props)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl runs in the child
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -193,7 +209,8 @@ class OwnRedis:
         conf.write_text(f'bind 127.0.0.1\nport {self.port}\ndir {self.home}\nsave ""\nappendonly no\n'
                         f"daemonize no\nlogfile {self.home}/redis.log\n")
         self.proc = subprocess.Popen(["redis-server", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)  # noqa: PLW1509  # noqa: PLW1509 - only prctl runs in the child
         if not redis_ready(self.url, timeout):
             self.stop()
             raise RuntimeError(f"own Redis on {self.port} did not answer PING within {timeout}s")
