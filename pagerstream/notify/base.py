@@ -10,8 +10,9 @@ issue or record.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -80,8 +81,8 @@ class Channel(Protocol):
 
 def classify_http(resp: httpx.Response) -> DeliveryResult:
     """A provider's HTTP answer -> DeliveryResult (Retry-After in seconds or an HTTP date)."""
-    from email.utils import parsedate_to_datetime
     import time
+    from email.utils import parsedate_to_datetime
 
     ra: float | None = None
     h = resp.headers.get("retry-after")
@@ -100,3 +101,17 @@ def classify_http(resp: httpx.Response) -> DeliveryResult:
 
 
 SendFn = Callable[[Notification, ChannelContext], Awaitable[DeliveryResult]]
+
+
+def service_base_url(cfg: dict[str, Any], key: str, error: type[Exception]) -> str:
+    """The configured base URL of a ticketing service (Jira base_url, ServiceNow instance_url):
+    absolute, and https unless the destination allows http (credentials go with every request)."""
+    from urllib.parse import urlsplit
+
+    base = str(cfg.get(key) or "").rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise error(f"{key} must be an absolute URL")
+    if parts.scheme == "http" and not cfg.get("allow_http"):
+        raise error(f"{key} must use https (credentials are sent with every request)")
+    return base

@@ -35,12 +35,19 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 from aiohttp import web
 
-from pagerstream.notify.base import ChannelContext, DeliveryResult, Notification, RefStore, classify_http
+from pagerstream.notify.base import (
+    ChannelContext,
+    DeliveryResult,
+    Notification,
+    RefStore,
+    classify_http,
+    service_base_url,
+)
 
 log = logging.getLogger("pagerstream.notify.jira")
 
@@ -185,13 +192,7 @@ def _auth(creds: dict[str, Any]) -> tuple[httpx.Auth | None, dict[str, str]]:
 
 
 def _base(cfg: dict[str, Any]) -> str:
-    base = str(cfg.get("base_url") or "").rstrip("/")
-    parts = urlsplit(base)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise JiraConfigError("base_url must be an absolute URL")
-    if parts.scheme == "http" and not cfg.get("allow_http"):
-        raise JiraConfigError("base_url must use https (credentials are sent with every request)")
-    return base
+    return service_base_url(cfg, "base_url", JiraConfigError)
 
 
 def _summary(ctx: ChannelContext, n: Notification) -> str:

@@ -34,11 +34,18 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
-from pagerstream.notify.base import ChannelContext, DeliveryResult, Notification, RefStore, classify_http
+from pagerstream.notify.base import (
+    ChannelContext,
+    DeliveryResult,
+    Notification,
+    RefStore,
+    classify_http,
+    service_base_url,
+)
 
 log = logging.getLogger("pagerstream.notify.servicenow")
 
@@ -65,13 +72,7 @@ def _auth(creds: dict[str, Any]) -> tuple[httpx.Auth | None, dict[str, str]]:
 
 
 def _base(cfg: dict[str, Any]) -> str:
-    base = str(cfg.get("instance_url") or "").rstrip("/")
-    parts = urlsplit(base)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ServiceNowConfigError("instance_url must be an absolute URL")
-    if parts.scheme == "http" and not cfg.get("allow_http"):
-        raise ServiceNowConfigError("instance_url must use https (credentials are sent with every request)")
-    return base
+    return service_base_url(cfg, "instance_url", ServiceNowConfigError)
 
 
 class TableApi:
