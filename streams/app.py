@@ -52,6 +52,7 @@ from pagerstream.processors.normalize import normalize
 from pagerstream.processors.outbox import change_event_record, incident_event_record, pagerduty_event_record
 from pagerstream.schemas import AvroCodec, DecodeError, registry
 from pagerstream.streams.catalog_view import CatalogView
+from pagerstream.streams.consumer_guard import OffsetGuard
 from pagerstream.streams.delivery_agents import DeliveryAgents
 from pagerstream.streams.forwarder import Forwarder, RateLimiter
 from pagerstream.streams.ingress import Ingress
@@ -90,6 +91,15 @@ class PagerstreamApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.pipeline.start_side_services()
+
+    def _new_consumer(self) -> Any:
+        # Installed at creation: Faust's fetch loop binds the consumer's callback and offsets once.
+        consumer = super()._new_consumer()
+        p = self.pipeline
+        p.offset_guard = OffsetGuard.install(
+            consumer, p.consecutive_topics(),
+            lambda topic, action: p.metrics.consumer_out_of_order.labels(topic, action).inc())
+        return consumer
 
     async def on_shutdown(self) -> None:
         # After the agents stopped: closing the HTTP and Redis clients earlier made in-flight
@@ -131,6 +141,16 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         self._specs: dict[str, Any] = {}
         self._specs_version = ""
         self.app = self._build_app()
+
+    def consecutive_topics(self) -> list[str]:
+        """Topics whose offsets have no holes (not compacted, never written in transactions): a jump in
+        them can only be a stale record (streams/consumer_guard.py)."""
+        from pagerstream.audit import INTAKE_TOPIC
+        from pagerstream.streams.lifecycle_agents import JOIN_TOPIC
+
+        prefix = self.settings.topic_prefix
+        return [spec.name for spec in topic_specs(prefix).values() if not spec.compact] + \
+            [prefix + INTAKE_TOPIC, prefix + JOIN_TOPIC]
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start_side_services(self) -> None:

@@ -37,6 +37,10 @@ class Metrics:
         self.e2e_latency = Histogram("pagerstream_end_to_end_latency_seconds",
                                      "From ingress receipt to the PagerDuty answer", buckets=LATENCY_BUCKETS,
                                      registry=r)
+        self.consumer_out_of_order = Counter(
+            "pagerstream_consumer_out_of_order", "Records that reached the consumer out of offset order, "
+            "by what the guard did (streams/consumer_guard.py): ahead (held back), behind (dropped, delivered "
+            "already), reseek, retention (offsets deleted before being processed)", ["topic", "action"], registry=r)
         self.dead_letters = Counter("pagerstream_dead_letters", "Records sent to a dead-letter topic",
                                     ["stage"], registry=r)
         self.pd_requests = Counter("pagerstream_pagerduty_requests", "Events API calls by outcome",
