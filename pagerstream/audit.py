@@ -42,12 +42,13 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import click
 
 if TYPE_CHECKING:
     from pagerstream.config import Settings
+    from pagerstream.connections import KafkaTarget
 
 log = logging.getLogger("pagerstream.audit")
 
@@ -227,12 +228,13 @@ def verify_records(items: Iterable[tuple[int, dict[str, Any] | None]], *, from_b
 
 
 # --- reading the topic --------------------------------------------------------------------------------
-async def read_audit(bootstrap: str, topic: str, *, last: int | None = None) -> list[tuple[int, bytes]]:
+async def read_audit(bootstrap: KafkaTarget, topic: str, *, last: int | None = None) -> list[tuple[int, bytes]]:
     """(offset, value) of the audit topic's records: all of them, or the last `last`."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                         auto_offset_reset="earliest")
+    from pagerstream.connections import kafka_consumer
+
+    c = kafka_consumer(bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
     await c.start()
     try:
         if topic not in await c.topics():
@@ -305,6 +307,71 @@ class AuditMetrics:
                               ["kind"], registry=r)
 
 
+class DenialDigest:
+    """Refused requests (401, 403, 429) summarised into the audit trail.
+
+    The first refusal of one kind (client address, route, status) in a window is recorded at once;
+    repeats in the same window are counted and recorded as one entry when the window closes. So a
+    scanner or a misconfigured sender shows up within a second, yet a flood of bad requests costs at
+    most one audit entry per kind per window, and at most `max_kinds` kinds are held (the rest are
+    counted together as `overflow`). Reasons are the worker's own messages: never the presented key.
+    """
+
+    def __init__(self, submit: Callable[[dict[str, Any]], Awaitable[bool]], *, window_s: float = 60.0,
+                 max_kinds: int = 500, clock: Callable[[], float] = time.time) -> None:
+        self.submit = submit
+        self.window_s = window_s
+        self.max_kinds = max_kinds
+        self.clock = clock
+        self.open: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.overflow = 0
+        self._pending: list[dict[str, Any]] = []
+
+    def note(self, client: str, route: str, status: int, kind: str, reason: str) -> None:
+        k = (client, route, status)
+        now = self.clock()
+        w = self.open.get(k)
+        if w is None:
+            if len(self.open) >= self.max_kinds:
+                self.overflow += 1
+                return
+            self.open[k] = {"first": now, "last": now, "repeats": 0, "kind": kind, "reason": reason[:200]}
+            self._pending.append(self._entry(k, self.open[k], first=True))
+            return
+        w["last"] = now
+        w["repeats"] += 1
+
+    def _entry(self, k: tuple[str, str, int], w: dict[str, Any], *, first: bool) -> dict[str, Any]:
+        client, route, status = k
+        action = "auth.throttled" if status == 429 else "auth.denied"
+        details = {"status": status, "via": w["kind"], "reason": w["reason"], "client": client}
+        if not first:
+            details.update(repeats=w["repeats"], first_at=round(w["first"], 3), last_at=round(w["last"], 3),
+                           window_s=self.window_s)
+        return make_entry(f"client:{client}", action + ("" if first else ".repeated"), route, details)
+
+    def due(self) -> list[dict[str, Any]]:
+        """Entries to write now: first refusals, and the summaries of windows that closed."""
+        now = self.clock()
+        out, self._pending = self._pending, []
+        for k, w in list(self.open.items()):
+            if now - w["first"] >= self.window_s:
+                del self.open[k]
+                if w["repeats"]:
+                    out.append(self._entry(k, w, first=False))
+        if self.overflow and not self.open:
+            out.append(make_entry("client:*", "auth.denied.overflow", None,
+                                  {"refusals": self.overflow, "max_kinds": self.max_kinds}))
+            self.overflow = 0
+        return out
+
+    async def flush(self) -> int:
+        n = 0
+        for e in self.due():
+            n += bool(await self.submit(e))
+        return n
+
+
 class AuditLog:
     """Mixed into a worker by `install`: the intake topic, the chain agent, and the call sites' API."""
 
@@ -337,6 +404,14 @@ class AuditLog:
                 a.writer = None  # another worker may write next: re-read the head when it comes back
 
         app.web.web_app.middlewares.append(a._link_middleware())
+        auth = getattr(pipeline, "auth", None)
+        if auth is not None:  # refused requests, summarised (DenialDigest)
+            a.denials = DenialDigest(lambda e: a._submit(e, wait=False))
+            auth.on_denied = a.denials.note
+
+            @app.timer(interval=1.0)
+            async def _denials() -> None:
+                await a.denials.flush()
         return a
 
     # --- submitting ---------------------------------------------------------------------------------
@@ -444,12 +519,13 @@ def cli_actor() -> str:
 
 
 async def _submit_async(s: "Settings", entry: dict[str, Any]) -> None:
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
+    from pagerstream.connections import kafka_admin, kafka_producer
+
     topic = s.topic_prefix + INTAKE_TOPIC
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, request_timeout_ms=8000)
+    admin = kafka_admin(s, request_timeout_ms=8000)
     await admin.start()
     try:
         if topic not in set(await admin.list_topics()):
@@ -460,8 +536,7 @@ async def _submit_async(s: "Settings", entry: dict[str, Any]) -> None:
                 pass
     finally:
         await admin.close()
-    p = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
-                         request_timeout_ms=8000)
+    p = kafka_producer(s, acks="all", enable_idempotence=True, request_timeout_ms=8000)
     await p.start()
     try:
         await p.send_and_wait(topic, json.dumps(entry, default=str).encode(), key=AUDIT_KEY)
@@ -553,7 +628,7 @@ def audit_verify(from_beginning: bool, last: int, anchors: tuple[str, ...], quie
     s = _settings()
     topic = topic_specs(s.topic_prefix)["audit"].name
     try:
-        items = asyncio.run(read_audit(s.kafka_bootstrap_servers, topic, last=None if from_beginning else last))
+        items = asyncio.run(read_audit(s, topic, last=None if from_beginning else last))
     except LookupError as e:
         click.echo(f"pagerstream: {e}", err=True)
         sys.exit(2)
@@ -581,7 +656,7 @@ def audit_head() -> None:
     s = _settings()
     topic = topic_specs(s.topic_prefix)["audit"].name
     try:
-        items = decode_items(asyncio.run(read_audit(s.kafka_bootstrap_servers, topic, last=1)))
+        items = decode_items(asyncio.run(read_audit(s, topic, last=1)))
     except LookupError as e:
         click.echo(f"pagerstream: {e}", err=True)
         sys.exit(2)

@@ -644,6 +644,23 @@ class Auth:
         self.limiter = LeasedLimiter(redis_getter, settings.ingress_rate_per_second, settings.ingress_burst,
                                      settings.topic_prefix)
         self._metrics(registry)
+        # (client, route, status, kind, reason) of every refusal: the audit trail's DenialDigest
+        self.on_denied: Callable[[str, str, int, str, str], None] | None = None
+
+    def _denied(self, request: web.Request, route: str, kind: str, resp: web.StreamResponse) -> None:
+        if resp.status != 429:  # throttling has its own counter (m_limited, in _limit)
+            self.m_denied.labels(kind, str(resp.status)).inc()
+        if self.on_denied is None:
+            return
+        reason = ""
+        try:
+            reason = str(json.loads(getattr(resp, "body", b"") or b"{}").get("message", ""))
+        except (ValueError, AttributeError):
+            pass
+        try:
+            self.on_denied(request.remote or "unknown", route, resp.status, kind, reason)
+        except Exception:  # noqa: BLE001 - auditing a refusal must never turn it into a 500
+            log.exception("recording a refused request failed")
 
     def _metrics(self, registry: Any) -> None:
         m = AuthMetrics(registry)
@@ -804,10 +821,13 @@ class Auth:
         if out is None:
             return None
         if isinstance(out, web.StreamResponse):
-            self.m_denied.labels(kind, str(out.status)).inc()
+            self._denied(request, route, kind, out)
             return out
         request[PRINCIPAL] = out
-        return await self._limit(request, out, kind)
+        limited = await self._limit(request, out, kind)
+        if limited is not None:
+            self._denied(request, route, kind, limited)
+        return limited
 
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         @web.middleware

@@ -68,11 +68,24 @@ def test_audit_chain_from_a_real_stream_verifies_and_tampering_is_found(workers,
     fb = httpx.post(w.url + "/api/v1/feedback", headers=api_headers("responder", sub="alice"),
                     json={"incident_id": inc, "category": "infrastructure", "by": "alice"})
     assert fb.status_code == 202, fb.text
+    # refused requests are audited too (summarised per client, route and status: audit.DenialDigest)
+    bad_key = "WRONGKEY" + uuid.uuid4().hex
+    assert httpx.post(w.url + "/ingest/alertmanager", json={"alerts": []},
+                      headers={"Authorization": f"Bearer {bad_key}"}).status_code == 401
+    viewer = httpx.post(w.url + "/api/v1/feedback", headers=api_headers("viewer", sub="victor"),
+                        json={"incident_id": inc, "category": "infrastructure", "by": "victor"})
+    assert viewer.status_code == 403, viewer.text
     tok = _cli(env, "auth", "token", "--role", "viewer", "--sub", "auditor", "--ttl", "10m")
     assert tok.returncode == 0 and "not recorded" not in tok.stderr, tok.stderr
 
     recs = eventually(lambda: _when(env, lambda x: _with(x, "auth.token_issued", "auditor")
-                                    and _with(x, "feedback.submitted", inc)), what="the two actions")
+                                    and _with(x, "feedback.submitted", inc) and len(_with(x, "auth.denied")) == 2),
+                      what="the two actions and the two refusals")
+    denied = {json.loads(r["details_json"])["status"]: r for r in _with(recs, "auth.denied")}
+    assert set(denied) == {401, 403}
+    assert denied[401]["object"] == "/ingest/alertmanager" and denied[401]["actor"].startswith("client:")
+    assert "role viewer may not do this" in json.loads(denied[403]["details_json"])["reason"]
+    assert bad_key not in json.dumps(recs)
     assert len(opened) == 2
     for r in opened.values():
         d = json.loads(r["details_json"])

@@ -232,3 +232,65 @@ def test_decisions_become_entries_with_deterministic_ids_and_no_keys():
 def test_per_alert_bookkeeping_is_not_a_decision(change):
     assert decision_entry(_out(change, pd_action=None)) is None
     assert decision_entry(_out(change, pd_action="trigger")) is not None  # unless it called PagerDuty
+
+
+# --- refused requests (DenialDigest) -------------------------------------------------------------------
+def _digest(window_s: float = 60.0, max_kinds: int = 500):
+    from pagerstream.audit import DenialDigest
+
+    t = [1000.0]
+    written: list[dict] = []
+
+    async def submit(e: dict) -> bool:
+        written.append(e)
+        return True
+
+    return DenialDigest(submit, window_s=window_s, max_kinds=max_kinds, clock=lambda: t[0]), t, written
+
+
+def test_a_first_refusal_is_recorded_at_once_and_repeats_once_per_window():
+    import asyncio
+
+    d, t, written = _digest()
+    for _ in range(50):
+        d.note("10.0.0.9", "/v2/enqueue", 401, "pd", "invalid routing key")
+    asyncio.run(d.flush())
+    assert [e["action"] for e in written] == ["auth.denied"]
+    assert written[0]["actor"] == "client:10.0.0.9" and written[0]["object"] == "/v2/enqueue"
+    t[0] += 59
+    asyncio.run(d.flush())
+    assert len(written) == 1  # the window is still open
+    t[0] += 2
+    asyncio.run(d.flush())
+    assert [e["action"] for e in written] == ["auth.denied", "auth.denied.repeated"]
+    details = written[1]["details"]
+    assert details["repeats"] == 49 and details["status"] == 401
+    d.note("10.0.0.9", "/v2/enqueue", 401, "pd", "invalid routing key")  # a new window: at once again
+    asyncio.run(d.flush())
+    assert written[-1]["action"] == "auth.denied"
+
+
+def test_throttling_and_forbidden_are_kept_apart():
+    import asyncio
+
+    d, t, written = _digest()
+    d.note("10.0.0.9", "/api/v1/feedback", 403, "api", "role viewer may not do this; it needs responder")
+    d.note("10.0.0.9", "/v2/enqueue", 429, "pd", "")
+    asyncio.run(d.flush())
+    assert sorted(e["action"] for e in written) == ["auth.denied", "auth.throttled"]
+
+
+def test_a_flood_of_distinct_clients_is_bounded():
+    import asyncio
+
+    d, t, written = _digest(max_kinds=10)
+    for i in range(1000):
+        d.note(f"10.1.{i // 256}.{i % 256}", "/v2/enqueue", 401, "pd", "no key")
+    asyncio.run(d.flush())
+    assert len(written) == 10
+    t[0] += 61
+    asyncio.run(d.flush())
+    over = [e for e in written if e["action"] == "auth.denied.overflow"]
+    assert len(over) == 1
+    details = over[0]["details"]
+    assert details["refusals"] == 990
