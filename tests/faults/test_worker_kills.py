@@ -27,8 +27,8 @@ from tests.faults.conftest import (
 )
 from tests.integration.helpers import read_topic
 
-N_EVENTS = int(os.environ.get("PAGERSTREAM_FAULTS_ALERTS", "4000"))
-KILLS = int(os.environ.get("PAGERSTREAM_FAULTS_KILLS", "3"))
+N_EVENTS = int(os.environ.get("PAGERSTREAM_FAULTS_ALERTS", "10000"))
+KILLS = int(os.environ.get("PAGERSTREAM_FAULTS_KILLS", "4"))
 RATE = float(os.environ.get("PAGERSTREAM_FAULTS_RATE", "250"))
 KILL_EVERY_S = 10.0
 
