@@ -68,6 +68,7 @@ from pagerstream.auth import install_auth
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pagerstream.config import Settings
+from pagerstream.connections import faust_broker_credentials, redis_client
 
 log = logging.getLogger("pagerstream")
 MAX_EXPIRIES_PER_TICK = 500  # keeps one tick short; the rest waits for the next one
@@ -163,8 +164,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         self.metrics.catalog_services.set(len(self.catalog.current.services))
         await self.models.start()
         s = self.settings
-        self.redis = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None,
-                                       socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis_client(s, socket_timeout=2, socket_connect_timeout=2)
         if s.pagerduty_api_key.get() or s.pagerduty_user_token.get():
             from pagerstream.pagerduty.cache import PagerDutyCache
             from pagerstream.pagerduty.rest import PagerDutyREST
@@ -246,6 +246,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         app = PagerstreamApp(
             s.app_id,
             broker=f"kafka://{s.kafka_bootstrap_servers}",
+            broker_credentials=faust_broker_credentials(s),
             store="rocksdb://",
             datadir=s.datadir,
             topic_partitions=s.partitions,
@@ -416,10 +417,10 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         value: bytes = event.value
         if value[2:10] == self.fp_tick:
             tick = self.codecs["tick"].decode(value)
-            outs = self._on_tick(msg.partition, tick["now"])
+            outs, prepared = self._on_tick(msg.partition, tick["now"])
             if outs:
                 self._learn_transient(outs)
-                await self._emit(outs)
+                await self._emit(outs, prepared)
             return
         a = Alert.from_record(self.codecs["alert"].decode(value))
         if a.action == "change":
@@ -430,6 +431,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         stored = self.groups.get(key)
         state = group_from_dict(stored) if stored else None
         step = decide(state, a, self._grouping_for(a), self._advise)
+        prepared = self._prepare(step.outputs) if step.outputs else []
         if not step.replayed:
             d = group_to_dict(step.state)
             d["p"] = msg.partition
@@ -441,7 +443,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         if step.outputs:
             if not step.replayed:
                 self._learn_transient(step.outputs)
-            await self._emit(step.outputs)
+            await self._emit(step.outputs, prepared)
             if self._routed:
                 await self._remember_routes(step.outputs)
         if not step.replayed and a.action == "trigger" and a.service:
@@ -569,7 +571,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             self._deadlines.pop(p, None)
             self._templates.pop(p, None)
 
-    def _on_tick(self, partition: int, now: int) -> tuple[IncidentChangeOut, ...]:
+    def _on_tick(self, partition: int, now: int
+                 ) -> tuple[tuple[IncidentChangeOut, ...], list[tuple[Any, bytes, bytes]]]:
         book = self._templates.get(partition)
         if book is not None and book.dirty:  # the template miner is saved at most once per tick
             self.transient[b"__templates__"] = book.to_dict()
@@ -586,6 +589,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             self._scanned.add(partition)
         heap = self._deadlines.get(partition, [])
         outs: list[IncidentChangeOut] = []
+        prepared: list[tuple[Any, bytes, bytes]] = []
         while heap and heap[0][0] <= now and len(outs) < MAX_EXPIRIES_PER_TICK:
             _, gk = heapq.heappop(heap)
             key = gk.encode()
@@ -595,6 +599,13 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             g = group_from_dict(stored)
             step = expire(g, now)
             g2 = step.state
+            if step.outputs:
+                try:
+                    prepared.extend(self._prepare(step.outputs))
+                except Exception:  # this group only: left as stored, found again by the next rescan
+                    log.exception("expiry of group %s not encodable; left as it is", gk[:80])
+                    self.metrics.records.labels("incident", "expiry_failed").inc()
+                    continue
             outs.extend(step.outputs)
             if is_forgettable(g2, now):
                 del self.groups[key]
@@ -606,7 +617,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             due = _next_due(g2)
             if due is not None:
                 heapq.heappush(heap, (max(due, now + 1), gk))
-        return tuple(outs)
+        return tuple(outs), prepared
 
     async def _send_ticks(self) -> None:
         now = int(time.time() * 1000)
@@ -622,20 +633,28 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             elif tp.topic == self.topic_names["alerts.rates"]:
                 await self.rates_topic.send(key=b"__tick__", value=b'{"tick":%d}' % now, partition=tp.partition)
 
-    async def _emit(self, outs: tuple[IncidentChangeOut, ...]) -> None:
+    def _prepare(self, outs: tuple[IncidentChangeOut, ...]) -> list[tuple[Any, bytes, bytes]]:
+        """Every record the decisions produce, encoded: (topic, key, value). Called before the group
+        state is stored, so a decision that cannot be encoded leaves neither state nor outputs behind
+        (its alert is dead-lettered whole, and a replay decides it again)."""
+        recs: list[tuple[Any, bytes, bytes]] = []
         for o in outs:
             rec = incident_event_record(o)
-            await self.incidents_topic.send(key=(rec["incident_id"] or "none").encode(),
-                                            value=self.codecs["incident_event"].encode(rec))
+            recs.append((self.incidents_topic, (rec["incident_id"] or "none").encode(),
+                         self.codecs["incident_event"].encode(rec)))
             ev = pagerduty_event_record(o, pagerduty_seq(o.incident.incident_id, o.incident.version),
                                         now_ms=int(time.time() * 1000))
             if ev is not None:
-                await self.outbox_topic.send(key=ev["stream_key"].encode(),
-                                             value=self.codecs["pagerduty_event"].encode(ev))
+                recs.append((self.outbox_topic, ev["stream_key"].encode(), self.codecs["pagerduty_event"].encode(ev)))
             fb = _feedback_for(o)
             if fb is not None:
-                await self.feedback_topic.send(key=fb["incident_id"].encode(),
-                                               value=self.codecs["model_feedback"].encode(fb))
+                recs.append((self.feedback_topic, fb["incident_id"].encode(), self.codecs["model_feedback"].encode(fb)))
+        return recs
+
+    async def _emit(self, outs: tuple[IncidentChangeOut, ...],
+                    prepared: list[tuple[Any, bytes, bytes]] | None = None) -> None:
+        for topic, key, value in (prepared if prepared is not None else self._prepare(outs)):
+            await topic.send(key=key, value=value)
         await self.audit.decisions(outs)  # the incident stage's decisions, hash-chained (pagerstream/audit.py)
 
     async def _emit_change(self, a: Alert, seq: int) -> None:
@@ -645,6 +664,8 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
     # --- dead letters -------------------------------------------------------------------------------
     async def _dead_letter(self, stage: str, reason: str, exc: BaseException | None, msg: Any, *,
                            topic: Any = None, attributes: dict[str, str] | None = None) -> None:
+        if len(reason) > 2000:  # one place for every stage: a parser's message can quote the whole input
+            reason = reason[:1990] + " …(cut)"
         rec = {"stage": stage, "reason": reason, "error_type": type(exc).__name__ if exc else "Rejected",
                "topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key,
                "original": msg.value if isinstance(msg.value, bytes) else b"", "at": int(time.time() * 1000),

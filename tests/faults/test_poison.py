@@ -123,6 +123,10 @@ def poison_records(workers: Any, own_sandbox: Any) -> dict[str, Any]:
                  and isinstance(r["value"], dict) and r["value"].get("dedup_key", "").startswith(f"after-{run}")]
              for p in range(PARTITIONS)}
     assert all(later.values()), {p: len(v) for p, v in later.items()}
+    # the alert whose decision could not be encoded left no group state behind (nothing half-written)
+    changelog = read_topic(bs, env["PAGERSTREAM_APP_ID"] + "-groups-changelog", idle=1.0)
+    assert changelog, "the groups changelog is where the state would be"
+    assert [r["key"] for r in changelog if f"poison-{run}".encode() in (r["key"] or b"")] == []
     assert w.proc.alive()
     return {"poison_records": len(want), "on_raw": len(raw_items), "on_normalized": len(norm_items),
             "later_alerts_delivered": len(keys), "later_per_normalized_partition": [len(later[p]) for p in range(PARTITIONS)]}
