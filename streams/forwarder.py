@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import redis.asyncio as aioredis
@@ -52,28 +52,50 @@ return wait
 
 
 class RateLimiter:
-    """Shared token bucket per routing key; falls back to a local bucket while Redis is down."""
+    """Shared token bucket per routing key; falls back to a local bucket while Redis is down.
 
-    def __init__(self, redis_client: aioredis.Redis | None, rate: float, burst: int) -> None:
+    The fallback must stay safe with several workers, each with its own local bucket: it runs at
+    `rate x local_share()`, the share of the forwarding partitions this worker holds (so the workers'
+    local buckets add up to the configured rate, not N times it), and it starts empty, because the
+    shared bucket it replaces may just have been drained by the other workers."""
+
+    def __init__(self, redis_client: aioredis.Redis | None, rate: float, burst: int,
+                 local_share: Callable[[], float] = lambda: 1.0) -> None:
         self.redis = redis_client
         self.rate = rate
         self.burst = burst
+        self.local_share = local_share
         self._script = redis_client.register_script(_BUCKET_LUA) if redis_client is not None else None
         self._local: dict[str, delivery.TokenBucket] = {}
         self.redis_errors = 0
+
+    def local_limits(self) -> tuple[float, int]:
+        """(rate, burst) of the local bucket: this worker's share of the configured limit."""
+        if self._script is None:  # no Redis at all: one worker owns the whole limit
+            return self.rate, self.burst
+        try:
+            share = float(self.local_share())
+        except Exception:  # noqa: BLE001 - no assignment known (rebalancing): the smallest safe share
+            share = 0.0
+        share = min(1.0, max(share, 0.05))  # never 0: a worker holding partitions must move
+        return self.rate * share, max(1, int(self.burst * share))
 
     async def take(self, routing_key: str) -> int:
         """Take one token; return 0, or the ms to wait before trying again."""
         key = f"pagerstream:bucket:{short_hash(routing_key, 24)}"
         if self._script is not None:
             try:
-                return int(await self._script(keys=[key], args=[self.rate, self.burst]))
+                wait = int(await self._script(keys=[key], args=[self.rate, self.burst]))
+                self._local.pop(key, None)  # the next outage starts a fresh, empty local bucket
+                return wait
             except (RedisError, OSError) as e:
                 self.redis_errors += 1
                 log.warning("rate limiter: Redis unavailable (%s); using a local bucket", type(e).__name__)
+        rate, burst = self.local_limits()
         now = int(time.time() * 1000)
-        b = self._local.get(key) or delivery.TokenBucket(tokens=float(self.burst), updated_ms=now)
-        ok, wait, b2 = b.take(now, self.rate, self.burst)
+        b = self._local.get(key) or delivery.TokenBucket(tokens=0.0 if self._script is not None else float(burst),
+                                                         updated_ms=now)
+        ok, wait, b2 = b.take(now, rate, burst)
         self._local[key] = b2
         return 0 if ok else max(1, wait)
 

@@ -188,12 +188,14 @@ def test_redis_unreachable_falls_back_to_a_local_bucket():
             t0 = time.monotonic()
             waits = [await lim.take(rk) for _ in range(burst + 1)]
             took = time.monotonic() - t0
-            assert waits[:burst] == [0] * burst
-            assert 1000 / rate - (took * 1000 + 2) <= waits[burst] <= 1000 / rate, (waits, took)
+            # the fallback starts empty (the shared bucket may just have been drained by other workers):
+            # the first token comes after 1/rate
+            assert 1000 / rate - (took * 1000 + 2) <= waits[0] <= 1000 / rate, (waits, took)
+            assert all(w > 0 for w in waits), waits
             assert lim.redis_errors == burst + 1
             assert took < 2.0, f"falling back took {took:.2f}s for {burst + 1} calls"
-            # another routing key has its own (full) bucket
-            assert await lim.take(_routing_key()) == 0
+            # another routing key has its own bucket, empty as well
+            assert await lim.take(_routing_key()) > 0
             # sustained load: still limited
             before = lim.redis_errors
             granted, el = await _hammer(lambda: lim.take(rk), tasks=3, seconds=1.0)
