@@ -196,11 +196,11 @@ async def wait_for(cond: Any, limit: float, idle: float = 10.0, count: Any = Non
 
 async def read_incidents(topic: str) -> dict[str, dict[str, Any]]:
     """dedup_key -> {incident_id, at, ts (CreateTime s), change} of every `opened` record in the topic."""
-    from aiokafka import AIOKafkaConsumer
     from pagerstream.schemas.codec import decode_any
 
-    c = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False,
-                         auto_offset_reset="earliest")
+    from pagerstream.connections import kafka_consumer
+
+    c = kafka_consumer(BOOTSTRAP, topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
     out: dict[str, dict[str, Any]] = {}
     try:
@@ -373,9 +373,9 @@ async def where_time_goes(standin_url: str, body: bytes, incident: dict[str, Any
                           secrets_path: Path, key: str) -> dict[str, Any]:
     """Sequential messages through each layer, in this process, to the same stand-in."""
     import httpx
-    import redis.asyncio as aioredis
     from prometheus_client import CollectorRegistry
 
+    from pagerstream.connections import redis_client
     from pagerstream.notify import templates
     from pagerstream.notify.base import ChannelContext, Destination, Notification
     from pagerstream.notify.delivery import Delivery, RedisRefStore, notification_key
@@ -385,7 +385,7 @@ async def where_time_goes(standin_url: str, body: bytes, incident: dict[str, Any
 
     dest = Destination(name=DEST, channel="slack_webhook", secret_ref="slack-hook", rate_per_second=1000.0, burst=1000)
     secrets = SecretStore(secrets_path, key)
-    rdb = aioredis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=5)
+    rdb = redis_client(socket_timeout=5)  # REDIS_URL + password/TLS settings of the environment
     out: dict[str, Any] = {}
     counter = RedisCounter()
 
@@ -464,10 +464,11 @@ async def where_time_goes(standin_url: str, body: bytes, incident: dict[str, Any
 
 
 async def cleanup_redis(prefix: str) -> int:
-    import redis.asyncio as aioredis
     from pagerstream.processors.incident import short_hash
 
-    rdb = aioredis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=5)
+    from pagerstream.connections import redis_client
+
+    rdb = redis_client(socket_timeout=5)  # REDIS_URL + password/TLS settings of the environment
     try:
         keys = [k async for k in rdb.scan_iter(match=f"pagerstream:{prefix}*", count=1000)]
         for ns in (prefix, prefix + "inproc."):

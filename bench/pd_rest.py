@@ -49,6 +49,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pagerstream.streams.pd_rest_sandbox import add_rest_routes
 
+from pagerstream.connections import redis_client
 from pagerstream.pagerduty.cache import PagerDutyCache
 from pagerstream.pagerduty.rest import PagerDutyREST, RatePacer
 
@@ -417,7 +418,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def amain(args: argparse.Namespace, command: str) -> int:
     t0 = time.perf_counter()
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    rdb = aioredis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=5)
+    rdb = redis_client(socket_timeout=5)  # REDIS_URL + password/TLS settings of the environment
     runner, state, url = await start_sandbox()
     try:
         ids = seed(state, args.services, args.policies, args.users)

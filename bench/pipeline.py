@@ -270,9 +270,11 @@ def make_raw_alerts(n: int, mix: str, run: str) -> tuple[list[tuple[bytes, bytes
 # --- Kafka helpers -------------------------------------------------------------------------------------
 
 async def create_topic(name: str, partitions: int = PARTITIONS) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    from pagerstream.connections import kafka_admin
+
+    admin = kafka_admin(BOOTSTRAP)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1)])
@@ -286,9 +288,9 @@ async def create_topic(name: str, partitions: int = PARTITIONS) -> None:
 
 async def delete_run_topics(run: str) -> int:
     """Delete the topics this run created (all carry the run id); other runs' topics are left alone."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from pagerstream.connections import kafka_admin
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin = kafka_admin(BOOTSTRAP)
     await admin.start()
     try:
         mine = [t for t in await admin.list_topics() if t.startswith(run)]
@@ -300,11 +302,11 @@ async def delete_run_topics(run: str) -> int:
 
 
 def producer(linger_ms: int = 5):
-    from aiokafka import AIOKafkaProducer
+    from pagerstream.connections import kafka_producer
 
     # The settings pagerstream's own producers use: acks=all, idempotent, a few ms of linger.
-    return AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True,
-                            linger_ms=linger_ms, max_batch_size=64 * 1024)
+    return kafka_producer(BOOTSTRAP, acks="all", enable_idempotence=True, linger_ms=linger_ms,
+                          max_batch_size=64 * 1024)
 
 
 async def produce_all(topic: str, records: list[tuple[bytes, bytes]]) -> float:
@@ -329,9 +331,11 @@ class OffsetWatch:
         self.tps: dict[str, list[Any]] = {}
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False)
+        from pagerstream.connections import kafka_consumer
+
+        self.consumer = kafka_consumer(BOOTSTRAP, group_id=None, enable_auto_commit=False)
         await self.consumer.start()
         for t in self.topics:
             parts = None
@@ -356,7 +360,7 @@ class OffsetWatch:
 # --- 1. Kafka baseline ---------------------------------------------------------------------------------
 
 async def bench_kafka(run: str, n: int) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer
+    from pagerstream.connections import kafka_consumer
 
     topic = f"{run}-kafka-baseline"
     await create_topic(topic)
@@ -367,9 +371,8 @@ async def bench_kafka(run: str, n: int) -> dict[str, Any]:
     cpu.stop()
     prod_cpu = cpu.text()
 
-    c = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False,
-                         auto_offset_reset="earliest", fetch_max_bytes=50 * 2**20,
-                         max_partition_fetch_bytes=4 * 2**20)
+    c = kafka_consumer(BOOTSTRAP, topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                       fetch_max_bytes=50 * 2**20, max_partition_fetch_bytes=4 * 2**20)
     await c.start()
     cpu = CpuMeter({"kafka": kafka_pid(), "bench(consumer)": os.getpid()}).start()
     got, t_first, t0 = 0, None, time.perf_counter()
@@ -683,11 +686,10 @@ async def _latency_step(ctx: Ctx, http: Any, sb: Any, w: Any, watch: OffsetWatch
 async def hop_breakdown(prefix: str, tag: str, reqs: list[dict]) -> dict[str, tuple[float, float]]:
     """Where the time goes, per delivered alert, from Kafka record timestamps (CreateTime = when the
     worker produced it): sent -> normalized record, -> outbox record, -> PagerDuty call. ms p50/p99."""
-    from aiokafka import AIOKafkaConsumer
+    from pagerstream.connections import kafka_consumer
 
     async def stamps(topic: str) -> dict[str, float]:
-        c = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+        c = kafka_consumer(BOOTSTRAP, topic, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
         await c.start()
         out: dict[str, float] = {}
         try:
@@ -1081,11 +1083,10 @@ def report(res: dict[str, Any], args: argparse.Namespace, info: dict[str, str], 
 # --- main ----------------------------------------------------------------------------------------------
 
 def stack_up() -> bool:
-    import redis
-    from aiokafka.admin import AIOKafkaAdminClient
+    from pagerstream.connections import kafka_admin, redis_sync_client
 
     async def kafka() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=5000)
+        admin = kafka_admin(BOOTSTRAP, request_timeout_ms=5000)
         try:
             async with asyncio.timeout(8):
                 await admin.start()
@@ -1097,7 +1098,7 @@ def stack_up() -> bool:
                 await admin.close()
 
     try:
-        redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=3).ping()
+        redis_sync_client(socket_timeout=3).ping()
     except Exception:
         return False
     return asyncio.run(kafka())

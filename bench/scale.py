@@ -171,9 +171,9 @@ class Admin:
         self.c: Any = None
 
     async def start(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
+        from pagerstream.connections import kafka_admin
 
-        self.c = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=30000)
+        self.c = kafka_admin(BOOTSTRAP, request_timeout_ms=30000)
         await self.c.start()
 
     async def group(self, group_id: str) -> tuple[str, int]:
@@ -309,9 +309,11 @@ def new_rk(tag: str) -> str:
 # --- measurements ----------------------------------------------------------------------------------
 
 async def end_offsets(topic: str) -> dict[Any, int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False)
+    from pagerstream.connections import kafka_consumer
+
+    c = kafka_consumer(BOOTSTRAP, group_id=None, enable_auto_commit=False)
     await c.start()
     try:
         parts = None
@@ -329,11 +331,12 @@ async def end_offsets(topic: str) -> dict[Any, int]:
 async def decision_latencies(topic: str, start: dict[Any, int], tag: str) -> list[float]:
     """ms from the alert's received_at (set when the raw record was built, right before it went to the
     producer) to the Kafka timestamp of its `opened` incident record (when the worker produced it)."""
-    from aiokafka import AIOKafkaConsumer
     from pagerstream.schemas import AvroCodec
 
+    from pagerstream.connections import kafka_consumer
+
     codec = AvroCodec("incident_event")
-    c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False)
+    c = kafka_consumer(BOOTSTRAP, group_id=None, enable_auto_commit=False)
     await c.start()
     out: list[float] = []
     try:

@@ -381,7 +381,7 @@ class AuditLog:
         self.p = pipeline
         self.app = app
         s = pipeline.settings
-        self.bootstrap = s.kafka_bootstrap_servers
+        self.bootstrap = s  # read_audit: the bootstrap servers and TLS/SASL settings of the worker
         self.topic_name = pipeline.topic_names["audit"]
         self.intake_name = s.topic_prefix + INTAKE_TOPIC
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}

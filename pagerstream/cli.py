@@ -59,7 +59,7 @@ def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics
     os.makedirs(s.datadir, exist_ok=True)  # Faust creates only the last path component
     catalog_path = catalog_path or s.catalog_path or None
     if create_topics:
-        asyncio.run(_create_topics(s))
+        _create_topics_or_exit(s)
     if catalog_path:
         _publish_catalog(s, catalog_path)
     import faust
@@ -79,10 +79,23 @@ def worker(web_port: int, web_host: str, catalog_path: str | None, create_topics
     faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
 
 
+def _create_topics_or_exit(s: Settings) -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        asyncio.run(_create_topics(s))
+    except KafkaConnectionError:  # "Unable to bootstrap": say why (TLS, SASL, network) and stop
+        from pagerstream.connections import kafka_probe
+
+        why = asyncio.run(kafka_probe(s)) or "unreachable"
+        click.echo(f"pagerstream: Kafka {s.kafka_bootstrap_servers}: {why}", err=True)
+        sys.exit(1)
+
+
 async def _create_topics(s: Settings) -> list[str]:
     from pagerstream.streams.topics import create_topics
 
-    return await create_topics(s.kafka_bootstrap_servers, s.topic_prefix, s.partitions, s.replication_factor)
+    return await create_topics(s, s.topic_prefix, s.partitions, s.replication_factor)
 
 
 # --- topics ----------------------------------------------------------------------------------------
@@ -153,7 +166,7 @@ def _publish_catalog(s: Settings, path: str) -> None:
 
     c = _load_catalog_or_exit(path)
     asyncio.run(_create_topics(s))
-    res = asyncio.run(publish_catalog(s.kafka_bootstrap_servers, topic_specs(s.topic_prefix)["pagerstream.catalog"].name, c))
+    res = asyncio.run(publish_catalog(s, topic_specs(s.topic_prefix)["pagerstream.catalog"].name, c))
     click.echo(f"catalog {c.version[:12]}: published {res['published']} services, removed {res['removed']}")
 
 
@@ -209,15 +222,13 @@ def produce(count: int, file_: str | None, source: str, resolve: bool, rate: flo
 
 
 async def _produce(s: Settings, bodies: list[tuple[str, bytes, bytes]], rate: float) -> int:
-    from aiokafka import AIOKafkaProducer
-
+    from pagerstream.connections import kafka_producer
     from pagerstream.schemas import AvroCodec
     from pagerstream.streams.topics import topic_specs
 
     codec = AvroCodec("raw_alert")
     topic = topic_specs(s.topic_prefix)["alerts.raw"].name
-    p = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
-                         linger_ms=5)
+    p = kafka_producer(s, acks="all", enable_idempotence=True, linger_ms=5)
     await p.start()
     try:
         futs = []
@@ -254,12 +265,11 @@ def tail(topic: str, from_beginning: bool, max_: int, follow: bool, timeout: flo
 
 
 async def _tail(s: Settings, topic: str, from_beginning: bool, max_: int, follow: bool, timeout: float) -> None:
-    from aiokafka import AIOKafkaConsumer
-
+    from pagerstream.connections import kafka_consumer
     from pagerstream.schemas.codec import decode_any
 
-    c = AIOKafkaConsumer(topic, bootstrap_servers=s.kafka_bootstrap_servers, enable_auto_commit=False,
-                         auto_offset_reset="earliest" if from_beginning else "latest", group_id=None)
+    c = kafka_consumer(s, topic, enable_auto_commit=False, auto_offset_reset="earliest" if from_beginning else "latest",
+                       group_id=None)
     await c.start()
     n = 0
     try:
@@ -362,7 +372,7 @@ def models_train(model: str, data: str, publish: bool, limit: int) -> None:
         asyncio.run(_create_topics(s))
         topic = topic_specs(s.topic_prefix)["models.checkpoints"].name
         try:
-            asyncio.run(publish_checkpoint(s.kafka_bootstrap_servers, topic, s.encryption_key, "classify",
+            asyncio.run(publish_checkpoint(s, topic, s.encryption_key, "classify",
                                            clf.to_state(), n_learned=clf.n_learned, trained_from=Path(data).name))
         except NoKey as e:
             click.echo(f"pagerstream: {e}", err=True)
@@ -389,9 +399,9 @@ def models_feedback(incident_id: str, category: str | None, severity: str | None
            "by": by, "at": now}
     topic = topic_specs(s.topic_prefix)["models.feedback"].name
     async def go() -> None:
-        from aiokafka import AIOKafkaProducer
+        from pagerstream.connections import kafka_producer
 
-        p = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True)
+        p = kafka_producer(s, acks="all", enable_idempotence=True)
         await p.start()
         try:
             await p.send_and_wait(topic, AvroCodec("model_feedback").encode(rec), key=incident_id.encode())
@@ -429,7 +439,7 @@ def _notify_hooks() -> None:
         from pagerstream.streams.topics import topic_specs
 
         topic = topic_specs(s.topic_prefix)["notifications.dead-letter"].name
-        return _read_all_values(s.kafka_bootstrap_servers, topic)
+        return _read_all_values(s, topic)
 
     def context_factory(s: Settings, r: Any) -> Any:
         from pagerstream.notify import templates
@@ -449,11 +459,10 @@ def _notify_hooks() -> None:
     cn.context_factory = context_factory
 
 
-async def _read_all_values_async(bootstrap: str, topic: str) -> list[bytes]:
-    from aiokafka import AIOKafkaConsumer
+async def _read_all_values_async(bootstrap: str | Settings, topic: str) -> list[bytes]:
+    from pagerstream.connections import kafka_consumer
 
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest", group_id=None)
+    c = kafka_consumer(bootstrap, topic, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None)
     await c.start()
     out: list[bytes] = []
     try:
@@ -467,7 +476,7 @@ async def _read_all_values_async(bootstrap: str, topic: str) -> list[bytes]:
     return out
 
 
-def _read_all_values(bootstrap: str, topic: str) -> list[bytes]:
+def _read_all_values(bootstrap: str | Settings, topic: str) -> list[bytes]:
     return asyncio.run(_read_all_values_async(bootstrap, topic))
 
 

@@ -220,14 +220,13 @@ async def _replay_live(s: Any, cfg: Any, channels: Mapping[str, Channel], source
     if dry_run:
         return await run_replay(source, destinations=cfg.destinations, channels=channels, delivery=None,
                                 destination=destination, since=since, dry_run=True)
-    import redis.asyncio as aioredis
     from prometheus_client import CollectorRegistry
 
+    from pagerstream.connections import redis_client
     from pagerstream.notify.delivery import DeadLetter, Delivery, RedisRefStore
     from pagerstream.notify.outbound import outbound_client
 
-    r = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None, socket_timeout=5,
-                          socket_connect_timeout=5)
+    r = redis_client(s, socket_timeout=5, socket_connect_timeout=5)
     if context_factory is not None:
         ctx = context_factory(s, r)
     else:

@@ -97,6 +97,21 @@ class Settings:
     jwt_audience: str = ""  # PAGERSTREAM_JWT_AUDIENCE: required `aud` of operator tokens (empty: tokens must have none)
     jwt_issuer: str = ""  # PAGERSTREAM_JWT_ISSUER: required `iss` of operator tokens (empty: not checked)
     jwt_leeway_seconds: float = 30.0  # PAGERSTREAM_JWT_LEEWAY: clock skew allowed on exp/nbf/iat
+    # TLS and SASL of the Kafka and Redis clients (pagerstream/connections.py, docs/security.md "TLS and SASL").
+    kafka_security_protocol: str = "PLAINTEXT"  # KAFKA_SECURITY_PROTOCOL: PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = ""  # KAFKA_SASL_MECHANISM: PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""  # KAFKA_SASL_USERNAME
+    kafka_sasl_password: Secret = field(default_factory=lambda: Secret(""))  # KAFKA_SASL_PASSWORD
+    kafka_ssl_cafile: str = ""  # KAFKA_SSL_CAFILE: PEM CA bundle (empty: the system's CAs)
+    kafka_ssl_certfile: str = ""  # KAFKA_SSL_CERTFILE: PEM client certificate (mTLS)
+    kafka_ssl_keyfile: str = ""  # KAFKA_SSL_KEYFILE: PEM key of the client certificate
+    kafka_ssl_key_password: Secret = field(default_factory=lambda: Secret(""))  # KAFKA_SSL_KEY_PASSWORD
+    kafka_ssl_check_hostname: bool = True  # KAFKA_SSL_CHECK_HOSTNAME
+    redis_username: str = ""  # REDIS_USERNAME: ACL user (or the user of REDIS_URL); empty: `default`
+    redis_ssl_ca_certs: str = ""  # REDIS_SSL_CA_CERTS (rediss:// only; empty: the system's CAs)
+    redis_ssl_certfile: str = ""  # REDIS_SSL_CERTFILE: client certificate when Redis asks for one
+    redis_ssl_keyfile: str = ""  # REDIS_SSL_KEYFILE
+    redis_ssl_check_hostname: bool = True  # REDIS_SSL_CHECK_HOSTNAME
 
     def prediction_page_score(self) -> float:
         """ML_PREDICTION_THRESHOLD (0..1, default 0.8) on the rate detector's scale.
@@ -154,6 +169,51 @@ def _webhook_secrets(value: str) -> tuple[tuple[tuple[str, tuple[Secret, ...]], 
     return tuple(sorted(out.items())), None
 
 
+# TLS and SASL of the Kafka and Redis clients (pagerstream/connections.py maps them onto aiokafka, Faust, redis-py).
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _readable_file_problem(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return f"expected a readable PEM file; {path!r} does not exist (or is not a file)"
+    if not os.access(path, os.R_OK):
+        return f"expected a readable PEM file; {path!r} is not readable by this user"
+    return None
+
+
+def _tls_files_problems(ca: str, cert: str, key: str, password: str,
+                        names: tuple[str, str, str], password_name: str | None) -> list[tuple[str, str]]:
+    """Load the CA bundle and the client certificate chain the way the clients will, so that a wrong file or
+    a wrong key password stops start-up here rather than at the first connection. The key password is
+    passed as a string ("" when unset): OpenSSL must never prompt on a terminal for it."""
+    import ssl
+
+    out: list[tuple[str, str]] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError) as e:
+            out.append((names[0], f"expected PEM CA certificates; {ca!r} does not load ({_ssl_reason(e)})"))
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key or None, password=password)
+        except (ssl.SSLError, ValueError) as e:
+            with_key = f" with {names[2]}" if key else f" (its key in the same file, or {names[2]})"
+            pw = f" and {password_name}" if password_name else " (the key must not be encrypted)"
+            out.append((names[1], (f"expected a PEM client certificate that loads{with_key}{pw}: not a PEM "
+                                   f"certificate, a key that does not match it, or a wrong key password "
+                                   f"({_ssl_reason(e)})")))
+    return out
+
+
+def _ssl_reason(e: Exception) -> str:
+    text = getattr(e, "reason", None) or (e.args[1] if len(e.args) > 1 else str(e))
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", re.sub(r"^\[[^\]]*\]\s*", "", str(text)))
+    return text.replace("_", " ").lower() or type(e).__name__
+
+
 def _bool(v: str) -> bool | None:
     return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}.get(
         v.strip().lower()
@@ -180,10 +240,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             kw["kafka_bootstrap_servers"] = ",".join(h.split("://")[-1] for h in hosts)
 
     v = get("REDIS_URL")
+    redis_url_ok = True
     if v is not None:
         u = urlparse(v)
         if u.scheme not in ("redis", "rediss", "unix") or (u.scheme != "unix" and not u.hostname):
             problems.append(("REDIS_URL", "expected redis://host:port/db, rediss://… or unix://path"))
+            redis_url_ok = False
         else:
             if u.password:  # keep the password out of the URL (which gets logged) and in a Secret
                 kw["redis_password"] = Secret(u.password)
@@ -194,6 +256,108 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             kw["redis_url"] = v
     if (v := get("REDIS_PASSWORD")) is not None:
         kw["redis_password"] = Secret(v)
+
+    # TLS and SASL of the Kafka and Redis clients. Settings a protocol would not use are refused rather than
+    # ignored: credentials configured but silently unused would mean a plaintext, unauthenticated client.
+    protocol: str | None = "PLAINTEXT"
+    if v := get("KAFKA_SECURITY_PROTOCOL"):
+        protocol = v.upper() if v.upper() in KAFKA_SECURITY_PROTOCOLS else None
+        if protocol is None:  # unknown: the cross-checks below are skipped
+            problems.append(("KAFKA_SECURITY_PROTOCOL", "expected " + ", ".join(KAFKA_SECURITY_PROTOCOLS[:-1])
+                             + " or " + KAFKA_SECURITY_PROTOCOLS[-1]))
+        else:
+            kw["kafka_security_protocol"] = protocol
+    sasl = protocol is not None and protocol.startswith("SASL")
+    tls = protocol is not None and protocol.endswith("SSL")
+    unused_sasl = f"expected only with KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT (it is {protocol})"
+    needed = f"KAFKA_SECURITY_PROTOCOL={protocol} needs it"
+    if v := get("KAFKA_SASL_MECHANISM"):
+        if v.upper() not in KAFKA_SASL_MECHANISMS:
+            problems.append(("KAFKA_SASL_MECHANISM", "expected " + ", ".join(KAFKA_SASL_MECHANISMS[:-1]) + " or "
+                             + KAFKA_SASL_MECHANISMS[-1]))
+        elif protocol is not None and not sasl:
+            problems.append(("KAFKA_SASL_MECHANISM", unused_sasl))
+        else:
+            kw["kafka_sasl_mechanism"] = v.upper()
+    elif sasl:
+        problems.append(("KAFKA_SASL_MECHANISM", f"expected {' | '.join(KAFKA_SASL_MECHANISMS)}: {needed}"))
+    if v := get("KAFKA_SASL_USERNAME"):
+        if len(v) > 255 or any(c.isspace() or not c.isprintable() for c in v):
+            problems.append(("KAFKA_SASL_USERNAME", "expected up to 255 printable characters without spaces"))
+        elif protocol is not None and not sasl:
+            problems.append(("KAFKA_SASL_USERNAME", unused_sasl))
+        else:
+            kw["kafka_sasl_username"] = v
+    elif sasl:
+        problems.append(("KAFKA_SASL_USERNAME", f"expected the SASL user name (an API key): {needed}"))
+    if v := get("KAFKA_SASL_PASSWORD"):
+        if protocol is not None and not sasl:
+            problems.append(("KAFKA_SASL_PASSWORD", unused_sasl))
+        else:
+            kw["kafka_sasl_password"] = Secret(v)
+    elif sasl:
+        problems.append(("KAFKA_SASL_PASSWORD", f"expected the SASL password (an API secret): {needed}"))
+    unused_tls = f"expected only with KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL (it is {protocol})"
+    kafka_files: dict[str, str] = {}
+    for name, attr in (("KAFKA_SSL_CAFILE", "kafka_ssl_cafile"), ("KAFKA_SSL_CERTFILE", "kafka_ssl_certfile"),
+                       ("KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile")):
+        if v := get(name):
+            if why := _readable_file_problem(v):
+                problems.append((name, why))
+            elif protocol is not None and not tls:
+                problems.append((name, unused_tls))
+            else:
+                kw[attr] = kafka_files[name] = v
+    if v := get("KAFKA_SSL_KEY_PASSWORD"):
+        if not get("KAFKA_SSL_CERTFILE"):
+            problems.append(("KAFKA_SSL_KEY_PASSWORD",
+                             "expected only with KAFKA_SSL_CERTFILE (it decrypts the key of that certificate)"))
+        else:
+            kw["kafka_ssl_key_password"] = Secret(v)
+    if "KAFKA_SSL_KEYFILE" in kafka_files and not get("KAFKA_SSL_CERTFILE"):
+        problems.append(("KAFKA_SSL_KEYFILE", "expected together with KAFKA_SSL_CERTFILE (the certificate of this key)"))
+    if kafka_files:
+        problems += _tls_files_problems(kafka_files.get("KAFKA_SSL_CAFILE", ""),
+                                        kafka_files.get("KAFKA_SSL_CERTFILE", ""),
+                                        kafka_files.get("KAFKA_SSL_KEYFILE", ""), get("KAFKA_SSL_KEY_PASSWORD") or "",
+                                        ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"),
+                                        "KAFKA_SSL_KEY_PASSWORD")
+    redis_tls = str(kw.get("redis_url", Settings.redis_url)).startswith("rediss://")
+    redis_files: dict[str, str] = {}
+    for name, attr in (("REDIS_SSL_CA_CERTS", "redis_ssl_ca_certs"), ("REDIS_SSL_CERTFILE", "redis_ssl_certfile"),
+                       ("REDIS_SSL_KEYFILE", "redis_ssl_keyfile")):
+        if v := get(name):
+            if why := _readable_file_problem(v):
+                problems.append((name, why))
+            elif redis_url_ok and not redis_tls:
+                problems.append((name, "expected only with a rediss:// REDIS_URL (TLS)"))
+            else:
+                kw[attr] = redis_files[name] = v
+    if "REDIS_SSL_KEYFILE" in redis_files and not get("REDIS_SSL_CERTFILE"):
+        problems.append(("REDIS_SSL_KEYFILE", "expected together with REDIS_SSL_CERTFILE (the certificate of this key)"))
+    if redis_files:
+        problems += _tls_files_problems(redis_files.get("REDIS_SSL_CA_CERTS", ""),
+                                        redis_files.get("REDIS_SSL_CERTFILE", ""),
+                                        redis_files.get("REDIS_SSL_KEYFILE", ""), "",
+                                        ("REDIS_SSL_CA_CERTS", "REDIS_SSL_CERTFILE", "REDIS_SSL_KEYFILE"), None)
+    for name, attr in (("KAFKA_SSL_CHECK_HOSTNAME", "kafka_ssl_check_hostname"),
+                       ("REDIS_SSL_CHECK_HOSTNAME", "redis_ssl_check_hostname")):
+        if v := get(name):  # unset or empty: true
+            if (b := _bool(v)) is None:
+                problems.append((name, "expected true or false"))
+            else:
+                kw[attr] = b
+    url_user = urlparse(str(kw.get("redis_url", ""))).username if redis_url_ok else None
+    url_user = None if url_user in (None, "", "default") else url_user
+    if v := get("REDIS_USERNAME"):
+        if len(v) > 255 or any(c.isspace() or not c.isprintable() for c in v):
+            problems.append(("REDIS_USERNAME", "expected an ACL user name (printable, without spaces)"))
+        elif url_user and url_user != v:
+            problems.append(("REDIS_USERNAME", f"expected the user of REDIS_URL ({url_user!r}) or no user in REDIS_URL"))
+        else:
+            kw["redis_username"] = v
+    elif url_user:
+        kw["redis_username"] = url_user
 
     v = get("PAGERDUTY_ROUTING_KEY")
     if v:

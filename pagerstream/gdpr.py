@@ -242,16 +242,18 @@ async def _topic_infos(admin: Any, settings: Any) -> list[TopicInfo]:
     return infos
 
 
-async def _read_all(bootstrap: str, topics: dict[str, tuple[int, ...]]) -> dict[str, list[Any]]:
-    """Every record of `topics` ({name: partitions}) up to their end offsets at the start of the read."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def _read_all(bootstrap: Any, topics: dict[str, tuple[int, ...]]) -> dict[str, list[Any]]:
+    """Every record of `topics` ({name: partitions}) up to their end offsets at the start of the read.
+    `bootstrap`: Settings, or a bootstrap string (TLS/SASL from the environment: pagerstream.connections)."""
+    from aiokafka import TopicPartition
+
+    from pagerstream.connections import kafka_consumer
 
     out: dict[str, list[Any]] = {t: [] for t in topics}
     if not topics:
         return out
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                         auto_offset_reset="earliest", max_partition_fetch_bytes=16 * 2**20,
-                         fetch_max_bytes=64 * 2**20)  # fmt: skip
+    c = kafka_consumer(bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
+                       max_partition_fetch_bytes=16 * 2**20, fetch_max_bytes=64 * 2**20)
     await c.start()
     try:
         tps = [TopicPartition(t, p) for t, parts in topics.items() for p in parts]
@@ -337,15 +339,15 @@ class Scan:
 
 
 async def scan(settings: Any, who: Subject, *, redis_patterns: Iterable[str] = REDIS_PATTERNS) -> Scan:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from pagerstream.connections import kafka_admin
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=30000)
+    admin = kafka_admin(settings, request_timeout_ms=30000)
     await admin.start()
     try:
         infos = {i.name: i for i in await _topic_infos(admin, settings)}
     finally:
         await admin.close()
-    records = await _read_all(settings.kafka_bootstrap_servers,
+    records = await _read_all(settings,
                               {n: i.partitions for n, i in infos.items() if i.kind != "sealed"})
     topics = [r for n, i in infos.items() if (r := _scan_topic(i, records.get(n, []), who)) is not None]
     unread = [n for n, i in infos.items() if i.kind != "sealed" and not i.partitions]
@@ -373,10 +375,9 @@ async def scan(settings: Any, who: Subject, *, redis_patterns: Iterable[str] = R
 
 
 def _redis(settings: Any) -> Any:
-    import redis.asyncio as aioredis
+    from pagerstream.connections import redis_client
 
-    return aioredis.from_url(settings.redis_url, password=settings.redis_password.get() or None,
-                             socket_timeout=10, socket_connect_timeout=5)  # fmt: skip
+    return redis_client(settings, socket_timeout=10, socket_connect_timeout=5)
 
 
 def export(settings: Any, who: Subject, **kw: Any) -> dict[str, Any]:
@@ -391,9 +392,9 @@ class WorkersRunning(RuntimeError):
 
 
 async def group_members(settings: Any) -> tuple[str, int]:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from pagerstream.connections import kafka_admin
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=30000)
+    admin = kafka_admin(settings, request_timeout_ms=30000)
     await admin.start()
     try:
         resp = await admin.describe_consumer_groups([settings.app_id])
@@ -435,10 +436,9 @@ async def erase_async(settings: Any, who: Subject, *, allow_running: bool = Fals
             actions.append({"store": "kafka", "topic": t["topic"], "table": t.get("table"), "partition": m.partition,
                             "key": _text(m.key)[:200], "action": cur["action"]})  # fmt: skip
     if writes and not dry_run:
-        from aiokafka import AIOKafkaProducer
+        from pagerstream.connections import kafka_producer
 
-        p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                             enable_idempotence=True, max_request_size=16 * 2**20)  # fmt: skip
+        p = kafka_producer(settings, acks="all", enable_idempotence=True, max_request_size=16 * 2**20)
         await p.start()
         try:
             for topic, partition, key, value in writes:

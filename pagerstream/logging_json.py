@@ -107,7 +107,8 @@ class SecretMasker:
         if s is not None:
             for attr, tail in (("pagerduty_routing_key", True), ("pagerduty_api_key", True),
                                ("pagerduty_user_token", True), ("encryption_key", False), ("webhook_secret", False),
-                               ("jwt_secret", False), ("redis_password", False)):
+                               ("jwt_secret", False), ("redis_password", False), ("kafka_sasl_password", False),
+                               ("kafka_ssl_key_password", False)):
                 sec = getattr(s, attr, None)
                 if sec:
                     v = sec.get()

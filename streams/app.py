@@ -143,6 +143,13 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
         self._specs_version = ""
         self.app = self._build_app()
 
+    def _forwarding_share(self) -> float:
+        """The share of the outbox partitions this worker forwards from: while Redis is down its local
+        bucket gets this share of the rate (streams/forwarder.py RateLimiter)."""
+        outbox = self.topic_names["pagerduty.outbox"]
+        mine = sum(1 for tp in self.app.assignor.assigned_actives() if tp.topic == outbox)
+        return mine / max(1, self.settings.partitions)
+
     def consecutive_topics(self) -> list[str]:
         """Topics whose offsets have no holes (not compacted, never written in transactions): a jump in
         them can only be a stale record (streams/consumer_guard.py)."""
@@ -173,7 +180,7 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
             self.pd_cache = PagerDutyCache(self.pd_rest, self.redis, registry=self.metrics.registry)
         await self._refresh_oncall()
         await self.start_notifications()
-        limiter = RateLimiter(self.redis, s.pd_rate_per_second, s.pd_burst)
+        limiter = RateLimiter(self.redis, s.pd_rate_per_second, s.pd_burst, local_share=self._forwarding_share)
         self.forwarder = Forwarder(enqueue_url=s.events_enqueue_url, change_url=s.events_change_url,
                                    limiter=limiter, metrics=self.metrics, timeout_s=s.pd_timeout_seconds,
                                    inline_budget_s=s.pd_max_inline_retry_seconds)

@@ -12,10 +12,11 @@ import json
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pagerstream.processors.catalog import EMPTY_CATALOG, Catalog
 from pagerstream.schemas import AvroCodec, DecodeError
+
+from pagerstream.connections import KafkaTarget, kafka_consumer, kafka_producer
 
 log = logging.getLogger("pagerstream.catalog")
 
@@ -28,7 +29,7 @@ async def _behind(c: AIOKafkaConsumer, tps: list[TopicPartition], end: dict) -> 
 
 
 class CatalogView:
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: KafkaTarget, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.codec = AvroCodec("service_entry")
@@ -40,8 +41,7 @@ class CatalogView:
         self.errors = 0
 
     async def start(self) -> None:
-        c = self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                              auto_offset_reset="earliest")
+        c = self._consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
         await c.start()
         tps = [TopicPartition(self.topic, p) for p in (c.partitions_for_topic(self.topic) or {0})]
         c.assign(tps)
@@ -92,10 +92,10 @@ class CatalogView:
             log.error("catalog rebuild failed, keeping the previous one: %s", e)
 
 
-async def publish_catalog(bootstrap: str, topic: str, catalog: Catalog) -> dict[str, int]:
+async def publish_catalog(bootstrap: KafkaTarget, topic: str, catalog: Catalog) -> dict[str, int]:
     """Publish one entry per service and a tombstone for each service no longer in the file."""
     codec = AvroCodec("service_entry")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = kafka_consumer(bootstrap, enable_auto_commit=False)
     await consumer.start()
     existing: set[str] = set()
     try:
@@ -110,7 +110,7 @@ async def publish_catalog(bootstrap: str, topic: str, catalog: Catalog) -> dict[
                     (existing.add if m.value is not None else existing.discard)(name)
     finally:
         await consumer.stop()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = kafka_producer(bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         now = int(time.time() * 1000)

@@ -21,13 +21,14 @@ import zlib
 from collections import deque
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pagerstream.models.classify import AlertClassifier
 from pagerstream.models.similar import IncidentIndex
 from pagerstream.processors.intel import index_resolved
 from pagerstream.schemas import AvroCodec, DecodeError
 
 from pagerstream.config import Secret
+from pagerstream.connections import KafkaTarget, kafka_consumer, kafka_producer
 from pagerstream.crypto import InvalidToken, NoKey, box
 
 log = logging.getLogger("pagerstream.models")
@@ -57,10 +58,9 @@ def open_checkpoint(key: Secret | str, value: bytes) -> dict[str, Any]:
     return env
 
 
-async def publish_checkpoint(bootstrap: str, topic: str, key: Secret | str, model: str,
+async def publish_checkpoint(bootstrap: KafkaTarget, topic: str, key: Secret | str, model: str,
                              state: dict[str, Any], **meta: Any) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                         max_request_size=16 * 2**20)
+    p = kafka_producer(bootstrap, acks="all", enable_idempotence=True, max_request_size=16 * 2**20)
     await p.start()
     try:
         await p.send_and_wait(topic, seal_checkpoint(key, model, state, **meta), key=model.encode())
@@ -85,7 +85,7 @@ async def _partitions(c: AIOKafkaConsumer, topic: str) -> set[int]:
 
 
 class ModelHub:
-    def __init__(self, bootstrap: str, checkpoints_topic: str, incidents_topic: str, key: Secret,
+    def __init__(self, bootstrap: KafkaTarget, checkpoints_topic: str, incidents_topic: str, key: Secret,
                  metrics: Any = None, max_incidents: int = 10_000) -> None:
         self.bootstrap = bootstrap
         self.checkpoints_topic = checkpoints_topic
@@ -119,9 +119,8 @@ class ModelHub:
 
     # --- checkpoints ----------------------------------------------------------------------------
     async def _start_checkpoints(self) -> None:
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_bytes=64 * 2**20,
-                             max_partition_fetch_bytes=32 * 2**20)
+        c = kafka_consumer(self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                           fetch_max_bytes=64 * 2**20, max_partition_fetch_bytes=32 * 2**20)
         await c.start()
         self._consumers.append(c)
         tps = [TopicPartition(self.checkpoints_topic, p) for p in await _partitions(c, self.checkpoints_topic)]
@@ -168,8 +167,7 @@ class ModelHub:
 
     # --- past incidents -------------------------------------------------------------------------
     async def _run_index(self) -> None:
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+        c = kafka_consumer(self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
         await c.start()
         self._consumers.append(c)
         try:

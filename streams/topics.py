@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from pagerstream.connections import KafkaTarget, kafka_admin
 
 DAY_MS = 86_400_000
 
@@ -82,9 +84,9 @@ def topic_specs(prefix: str = "") -> dict[str, TopicSpec]:
     return {s.name.removeprefix(p): s for s in specs}
 
 
-async def create_topics(bootstrap: str, prefix: str, partitions: int, replication: int) -> list[str]:
+async def create_topics(bootstrap: KafkaTarget, prefix: str, partitions: int, replication: int) -> list[str]:
     """Create missing topics; return the names created. Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    admin = kafka_admin(bootstrap, request_timeout_ms=30000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pagerstream.connections import KafkaTarget
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MARKS = {OK: "✓", WARN: "!", FAIL: "✗", SKIP: "-"}
@@ -59,18 +62,19 @@ def exit_code(checks: list[Check]) -> int:
 
 
 # --- Kafka helpers -------------------------------------------------------------------------------------
-async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 60.0) -> list[Any]:
+async def read_to_end(bootstrap: KafkaTarget, topic: str, *, timeout_s: float = 60.0) -> list[Any]:
     """Every record of `topic` up to the end offsets seen when reading started, in partition/offset
     order. Deterministic (no idle timeout): stops when every partition reached its end offset."""
     import asyncio
     import time
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
+
+    from pagerstream.connections import kafka_consumer
 
     parts = (await partitions_of(bootstrap, [topic])).get(topic, [])
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                         auto_offset_reset="earliest", max_partition_fetch_bytes=32 * 2**20,
-                         fetch_max_bytes=64 * 2**20)
+    c = kafka_consumer(bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
+                       max_partition_fetch_bytes=32 * 2**20, fetch_max_bytes=64 * 2**20)
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in parts]
@@ -101,12 +105,12 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 60.0) ->
         await c.stop()
 
 
-async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int]]:
+async def partitions_of(bootstrap: KafkaTarget, topics: list[str]) -> dict[str, list[int]]:
     """Partition numbers of those `topics` that exist (admin metadata: a consumer's cached metadata may
     not know a topic created a moment ago)."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from pagerstream.connections import kafka_admin
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    admin = kafka_admin(bootstrap, request_timeout_ms=30000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -119,15 +123,17 @@ async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int
         await admin.close()
 
 
-async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+async def topic_sizes(bootstrap: KafkaTarget, topics: list[str]) -> dict[str, int]:
     """Records currently retained per topic (end minus beginning offsets, summed over partitions);
     topics that do not exist are left out."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
+
+    from pagerstream.connections import kafka_consumer
 
     parts = await partitions_of(bootstrap, topics)
     if not parts:
         return {}
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    c = kafka_consumer(bootstrap, enable_auto_commit=False, group_id=None)
     await c.start()
     try:
         out: dict[str, int] = {}
@@ -201,14 +207,16 @@ def commands() -> list[Any]:
     @click.option("--max-model-age-hours", default=168.0, show_default=True,
                   help="A model checkpoint older than this is a warning")
     @click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for an https worker URL")
+    @click.option("--env", "environment", type=click.Choice(["production", "staging", "dev"]), default=None,
+                  help="production: plaintext Kafka (PLAINTEXT, SASL_PLAINTEXT) or Redis (not rediss://) is a warning")
     def health(full: bool, url: str, as_json: bool, timeout: float, max_lag: int, max_model_age_hours: float,
-               ca: str | None) -> None:
+               ca: str | None, environment: str | None) -> None:
         """Check a deployment; exit 1 when something is wrong."""
         from pagerstream.ops.health import HealthOptions, run_health
 
         s = _settings_or_exit()
         o = HealthOptions(url=url, full=full, timeout_s=timeout, max_lag=max_lag,
-                          max_model_age_s=max_model_age_hours * 3600, verify=ca or True)
+                          max_model_age_s=max_model_age_hours * 3600, verify=ca or True, environment=environment)
         checks = asyncio.run(run_health(s, o))
         if as_json:
             click.echo(checks_json(checks, url=url, full=full))

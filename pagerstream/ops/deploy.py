@@ -17,7 +17,8 @@ dead-lettered by this one). The codec registry is verified first: each current s
 in history (schemas/history/README.md).
 
 Secrets. `secret_findings` checks values (never printing them): in production missing or weak secrets
-are problems (exit 1), in staging warnings, in dev notes.
+are problems (exit 1), in staging warnings, in dev notes. Kafka or Redis connections in clear (Kafka
+PLAINTEXT / SASL_PLAINTEXT, a Redis URL that is not rediss://) are warnings in production, notes elsewhere.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pagerstream.config import Settings
+from pagerstream.connections import kafka_admin, kafka_producer, transport_findings
 from pagerstream.streams.topics import DAY_MS, TopicSpec, topic_specs
 
 SCHEMAS_TOPIC = "pagerstream.schemas"
@@ -204,10 +206,8 @@ async def apply_topic_actions(admin: Any, actions: list[TopicAction], replicatio
 
 
 async def topic_plan(s: Settings, specs: Mapping[str, TopicSpec] | None = None) -> list[TopicAction]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
     specs = specs or ops_topic_specs(s.topic_prefix)
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, request_timeout_ms=15000)
+    admin = kafka_admin(s, request_timeout_ms=15000)
     await admin.start()
     try:
         live = await fetch_live(admin, [sp.name for sp in specs.values()])
@@ -217,9 +217,7 @@ async def topic_plan(s: Settings, specs: Mapping[str, TopicSpec] | None = None) 
 
 
 async def apply_topics(s: Settings, actions: list[TopicAction]) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, request_timeout_ms=30000)
+    admin = kafka_admin(s, request_timeout_ms=30000)
     await admin.start()
     try:
         return await apply_topic_actions(admin, actions, s.replication_factor)
@@ -286,13 +284,11 @@ class SchemaPlan:
 
 
 async def schema_plan(s: Settings, release: str = "") -> SchemaPlan:
-    from aiokafka.admin import AIOKafkaAdminClient
-
     from pagerstream.ops import read_to_end
 
     records, problems = schema_records(release=release)
     topic = ops_topic_specs(s.topic_prefix)[SCHEMAS_TOPIC].name
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, request_timeout_ms=15000)
+    admin = kafka_admin(s, request_timeout_ms=15000)
     await admin.start()
     try:
         exists = topic in set(await admin.list_topics())
@@ -300,7 +296,7 @@ async def schema_plan(s: Settings, release: str = "") -> SchemaPlan:
         await admin.close()
     stored: dict[str, dict[str, Any] | None] = {}
     if exists:
-        for m in await read_to_end(s.kafka_bootstrap_servers, topic):
+        for m in await read_to_end(s, topic):
             k = (m.key or b"").decode()
             try:
                 stored[k] = json.loads(m.value) if m.value is not None else None
@@ -314,10 +310,8 @@ async def schema_plan(s: Settings, release: str = "") -> SchemaPlan:
 
 
 async def register_schemas(s: Settings, plan: SchemaPlan) -> int:
-    from aiokafka import AIOKafkaProducer
-
     topic = ops_topic_specs(s.topic_prefix)[SCHEMAS_TOPIC].name
-    p = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True)
+    p = kafka_producer(s, acks="all", enable_idempotence=True)
     await p.start()
     try:
         for r in plan.to_write:
@@ -434,6 +428,9 @@ def secret_findings(env: Mapping[str, str], s: Settings, environment: str) -> li
     if not s.redis_password and not s.redis_url.startswith(("rediss://", "unix://")):
         out.append(Finding("warning" if prod else "note", "REDIS_PASSWORD", "Redis without a password over plain TCP",
                            "REDIS_PASSWORD=<the requirepass / ACL password>, or a rediss:// REDIS_URL"))
+    # Connections in clear (docs/security.md, "TLS and SASL"): a warning in production, a note elsewhere.
+    for var, message, fix in transport_findings(s):
+        out.append(Finding("warning" if prod else "note", var, message, fix))
     if prod and s.replication_factor < 3:
         out.append(Finding("warning", "PAGERSTREAM_REPLICATION_FACTOR",
                            f"{s.replication_factor}: one broker's disk holds the only copy of accepted alerts",

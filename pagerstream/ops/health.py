@@ -2,6 +2,8 @@
 
 Without --full-check only the worker is asked (/healthz, /readyz). With it, in order:
 
+  transport security  TLS/SASL of the Kafka and Redis connections; with --env production, plaintext
+                   Kafka (PLAINTEXT, SASL_PLAINTEXT) or a Redis URL that is not rediss:// is a warning
   kafka            the bootstrap servers answer (metadata round trip, in ms)
   topics           every topic exists with TopicSpec's partitions and managed configs (see deploy)
   schemas          the schema set is registered on <prefix>pagerstream.schemas (warning when not)
@@ -26,6 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagerstream.config import Settings
+from pagerstream.connections import (
+    describe_security,
+    kafka_admin,
+    kafka_consumer,
+    kafka_probe,
+    redis_client,
+    transport_findings,
+)
 from pagerstream.ops import FAIL, OK, SKIP, WARN, Check, topic_sizes
 from pagerstream.ops.perf import Snapshot
 
@@ -41,17 +51,15 @@ class HealthOptions:
     max_model_age_s: float = 7 * 86_400.0
     redis_slow_ms: float = 50.0
     verify: bool | str = True  # TLS verification for the worker URL (a CA file for self-signed certs)
+    environment: str | None = None  # --env: production turns plaintext Kafka/Redis into a warning
 
 
 # --- Kafka -----------------------------------------------------------------------------------------------
 async def kafka_checks(s: Settings, o: HealthOptions) -> list[Check]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
     from pagerstream.ops.deploy import SCHEMAS_TOPIC, fetch_live, ops_topic_specs, plan_topics, schema_plan
 
     out: list[Check] = []
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers,
-                                request_timeout_ms=int(o.timeout_s * 1000))
+    admin = kafka_admin(s, request_timeout_ms=int(o.timeout_s * 1000))
     t0 = time.perf_counter()
     try:
         await asyncio.wait_for(admin.start(), timeout=o.timeout_s + 1)
@@ -59,7 +67,12 @@ async def kafka_checks(s: Settings, o: HealthOptions) -> list[Check]:
     except Exception as e:  # noqa: BLE001
         with contextlib.suppress(Exception):
             await admin.close()
-        return [Check("kafka", FAIL, f"{s.kafka_bootstrap_servers} unreachable: {type(e).__name__}"),
+        # aiokafka says only "Unable to bootstrap"; one direct connection tells TLS, SASL and network apart
+        try:
+            why = await kafka_probe(s, timeout_s=o.timeout_s) or type(e).__name__
+        except Exception as pe:  # noqa: BLE001
+            why = f"{type(e).__name__} ({type(pe).__name__} while probing)"
+        return [Check("kafka", FAIL, f"{s.kafka_bootstrap_servers} unreachable: {why}"),
                 Check("topics", SKIP, "kafka unreachable"), Check("consumer lag", SKIP, "kafka unreachable")]
     ms = (time.perf_counter() - t0) * 1000
     try:
@@ -105,7 +118,7 @@ async def kafka_checks(s: Settings, o: HealthOptions) -> list[Check]:
         out.append(Check("schemas", WARN, f"could not read {SCHEMAS_TOPIC}: {type(e).__name__}"))
     try:
         dl_names = {n: specs[n].name for n in DEAD_LETTER_TOPICS if n in specs}
-        sizes = await topic_sizes(s.kafka_bootstrap_servers, list(dl_names.values()))
+        sizes = await topic_sizes(s, list(dl_names.values()))
         txt = ", ".join(f"{n} {sizes.get(t, 0)}" for n, t in dl_names.items())
         total = sum(sizes.values())
         out.append(Check("dead-letter topics", WARN if sizes.get(dl_names.get("pagerduty.dead-letter", "")) else OK,
@@ -118,8 +131,6 @@ async def kafka_checks(s: Settings, o: HealthOptions) -> list[Check]:
 
 async def lag_check(admin: Any, s: Settings, o: HealthOptions) -> Check:
     """Lag of the app's consumer group: committed offsets vs end offsets, per topic."""
-    from aiokafka import AIOKafkaConsumer
-
     try:
         committed = await admin.list_consumer_group_offsets(s.app_id)
     except Exception as e:  # noqa: BLE001
@@ -127,7 +138,7 @@ async def lag_check(admin: Any, s: Settings, o: HealthOptions) -> Check:
     committed = {tp: om.offset for tp, om in committed.items() if om.offset is not None and om.offset >= 0}
     if not committed:
         return Check("consumer lag", WARN, f"group {s.app_id} has no committed offsets (no worker ran yet?)")
-    c = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False)
+    c = kafka_consumer(s, group_id=None, enable_auto_commit=False)
     await c.start()
     try:
         ends = await c.end_offsets(list(committed))
@@ -148,10 +159,7 @@ async def lag_check(admin: Any, s: Settings, o: HealthOptions) -> Check:
 
 # --- Redis -----------------------------------------------------------------------------------------------
 async def redis_check(s: Settings, o: HealthOptions) -> Check:
-    import redis.asyncio as aioredis
-
-    r = aioredis.from_url(s.redis_url, password=s.redis_password.get() or None,
-                          socket_connect_timeout=o.timeout_s, socket_timeout=o.timeout_s)
+    r = redis_client(s, socket_connect_timeout=o.timeout_s, socket_timeout=o.timeout_s)
     try:
         times = []
         for _ in range(3):
@@ -166,6 +174,24 @@ async def redis_check(s: Settings, o: HealthOptions) -> Check:
     finally:
         with contextlib.suppress(Exception):
             await r.aclose()
+
+
+# --- TLS / SASL ------------------------------------------------------------------------------------------
+def security_check(s: Settings, o: HealthOptions) -> Check:
+    """How the Kafka and Redis connections are protected. Pure: the settings only, no network. In
+    production (--env production) anything crossing the network in clear is a warning."""
+    findings = transport_findings(s)
+    data = {"kafka_security_protocol": s.kafka_security_protocol, "redis_tls": s.redis_url.startswith("rediss://"),
+            "findings": [{"var": v, "message": m, "fix": f} for v, m, f in findings]}
+    detail = describe_security(s)
+    if not findings:
+        return Check("transport security", OK, detail, data)
+    names = ", ".join(dict.fromkeys(v for v, _, _ in findings))
+    if o.environment == "production":
+        return Check("transport security", WARN, f"{detail}; in production: " + "; ".join(
+            f"{v}: {m} (set {f})" for v, m, f in findings), data)
+    return Check("transport security", OK, f"{detail} (not for production: {names}; a warning with "
+                 "--env production)", data)
 
 
 # --- PagerDuty -------------------------------------------------------------------------------------------
@@ -322,4 +348,4 @@ async def run_health(s: Settings, o: HealthOptions) -> list[Check]:
     # Redis first and alone: its round-trip time is only meaningful on an otherwise idle event loop.
     redis_ = await redis_check(s, o)
     kafka, pd, worker = await asyncio.gather(kafka_checks(s, o), pagerduty_checks(s, o), worker_checks(o))
-    return [*kafka, redis_, *pd, *worker]
+    return [security_check(s, o), *kafka, redis_, *pd, *worker]

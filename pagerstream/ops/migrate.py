@@ -118,13 +118,12 @@ class MigratePlan:
 
 
 async def plan(s: Settings) -> MigratePlan:
-    from aiokafka.admin import AIOKafkaAdminClient
-
+    from pagerstream.connections import kafka_admin
     from pagerstream.ops.deploy import release, schema_plan, topic_plan
 
     actions = await topic_plan(s)
     schemas = await schema_plan(s, release())
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, request_timeout_ms=15000)
+    admin = kafka_admin(s, request_timeout_ms=15000)
     await admin.start()
     try:
         topics = await admin.list_topics()
@@ -190,18 +189,18 @@ def _group_active(resp: Any, group: str) -> bool:
 
 async def migrate_state(s: Settings, from_app_id: str, to_app_id: str, tables: list[str] | None = None, *,
                         dry_run: bool = False, force: bool = False, offsets: bool = True) -> StateReport:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
     from aiokafka.structs import OffsetAndMetadata
 
+    from pagerstream.connections import kafka_admin, kafka_consumer, kafka_producer
     from pagerstream.ops import read_to_end, topic_sizes
     from pagerstream.ops.deploy import fetch_live
 
     if from_app_id == to_app_id:
         raise StateMigrationError("--from-app-id and --to-app-id are the same")
-    bs = s.kafka_bootstrap_servers
+    bs = s  # every client below: bootstrap servers and TLS/SASL settings from s
     rep = StateReport(from_app_id, to_app_id, dry_run)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bs, request_timeout_ms=30000)
+    admin = kafka_admin(bs, request_timeout_ms=30000)
     await admin.start()
     try:
         for group in (from_app_id, to_app_id):
@@ -233,8 +232,8 @@ async def migrate_state(s: Settings, from_app_id: str, to_app_id: str, tables: l
             else:
                 tc.created_target = True
             rep.tables.append(tc)
-        prod = None if dry_run else AIOKafkaProducer(bootstrap_servers=bs, acks="all", enable_idempotence=True,
-                                                     max_request_size=16 * 2**20)
+        prod = None if dry_run else kafka_producer(bs, acks="all", enable_idempotence=True,
+                                                   max_request_size=16 * 2**20)
         if prod:
             await prod.start()
         try:
@@ -268,7 +267,7 @@ async def migrate_state(s: Settings, from_app_id: str, to_app_id: str, tables: l
             else:
                 rep.offsets_copied = len(copy)
                 if not dry_run:
-                    c = AIOKafkaConsumer(bootstrap_servers=bs, group_id=to_app_id, enable_auto_commit=False)
+                    c = kafka_consumer(bs, group_id=to_app_id, enable_auto_commit=False)
                     await c.start()
                     try:
                         c.assign(list(copy))

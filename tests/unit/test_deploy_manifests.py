@@ -35,7 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "pagerstream"
 UNIT = ROOT / "deploy" / "systemd" / "pagerstream-worker@.service"
 SECRET_VARS = {"ENCRYPTION_KEY", "WEBHOOK_SECRET", "JWT_SECRET", "PAGERDUTY_ROUTING_KEY", "REDIS_PASSWORD",
-               "PAGERDUTY_API_KEY", "PAGERDUTY_USER_TOKEN", "PAGERDUTY_WEBHOOK_SECRETS"}
+               "PAGERDUTY_API_KEY", "PAGERDUTY_USER_TOKEN", "PAGERDUTY_WEBHOOK_SECRETS", "KAFKA_SASL_PASSWORD",
+               "KAFKA_SSL_KEY_PASSWORD"}
+# TLS and SASL switched on (docs/security.md, "TLS and SASL"): what a Confluent-Cloud-like or mTLS install sets.
+TLS_VALUES = {"kafka.securityProtocol": "SASL_SSL", "kafka.saslMechanism": "PLAIN", "kafka.saslUsername": "APIKEY",
+              "redis.url": "rediss://redis-master:6380/0", "tls.existingSecret": "pagerstream-tls",
+              "tls.kafkaCaFile": "kafka-ca.pem", "tls.kafkaCertFile": "client.pem", "tls.kafkaKeyFile": "client.key",
+              "tls.redisCaFile": "redis-ca.pem"}
 
 
 # --- a renderer for the chart's subset of Helm templates ---------------------------------------------------
@@ -289,9 +295,10 @@ def test_statefulset_probes_ports_and_volumes_fit_the_worker():
     assert env["PAGERSTREAM_CATALOG"]["value"] == f"{mounts['catalog']}/{key}"
 
 
-def test_env_names_are_read_by_the_config_and_secrets_come_from_the_secret():
+@pytest.mark.parametrize("overrides", [{}, TLS_VALUES], ids=["defaults", "tls-sasl"])
+def test_env_names_are_read_by_the_config_and_secrets_come_from_the_secret(overrides):
     known = config_env_names()
-    rendered = render_chart()
+    rendered = render_chart(overrides)
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     sts = _docs(rendered, "StatefulSet")[0]
     job = _docs(rendered, "Job")[0]
@@ -307,6 +314,40 @@ def test_env_names_are_read_by_the_config_and_secrets_come_from_the_secret():
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["PAGERSTREAM_ALLOW_PRIVATE_PD_URL"] == "false"
         assert env["PAGERDUTY_EVENTS_URL"].startswith("https://")
+
+
+def test_tls_and_sasl_settings_reach_the_worker_and_the_deploy_job(tmp_path):
+    from pagerstream.config import load_settings
+
+    rendered = render_chart(TLS_VALUES)
+    sts, job = _docs(rendered, "StatefulSet")[0], _docs(rendered, "Job")[0]
+    for pod in (sts["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        c = pod["containers"][0]
+        env = {e["name"]: e for e in c["env"]}
+        mount = {m["name"]: m for m in c["volumeMounts"]}["tls"]
+        vol = {v["name"]: v for v in pod["volumes"]}["tls"]
+        assert vol["secret"]["secretName"] == "pagerstream-tls" and mount["readOnly"]
+        assert pod["securityContext"]["fsGroup"] == 10001  # the files are group-readable (0440) only
+        files = {"KAFKA_SSL_CAFILE": "kafka-ca.pem", "KAFKA_SSL_CERTFILE": "client.pem",
+                 "KAFKA_SSL_KEYFILE": "client.key", "REDIS_SSL_CA_CERTS": "redis-ca.pem"}
+        for var, key in files.items():
+            assert env[var]["value"] == f"{mount['mountPath']}/{key}", var
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "kafka-sasl-password"
+        assert env["KAFKA_SSL_KEY_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"] is True
+        # the plain values are ones the config accepts (the files are stand-ins here: only their paths are rendered)
+        from tests.tls import make_pki
+
+        pki = make_pki(tmp_path / "pki")
+        plain = {k: e["value"] for k, e in env.items() if "value" in e and k.startswith(("KAFKA_", "REDIS_"))}
+        plain.update(KAFKA_SSL_CAFILE=pki.ca, KAFKA_SSL_CERTFILE=pki.server_cert, KAFKA_SSL_KEYFILE=pki.server_key,
+                     REDIS_SSL_CA_CERTS=pki.ca, KAFKA_SASL_PASSWORD="from-the-secret")
+        s = load_settings(plain)
+        assert (s.kafka_security_protocol, s.kafka_sasl_mechanism, s.redis_url) == (
+            "SASL_SSL", "PLAIN", "rediss://redis-master:6380/0")
+    # without tls.existingSecret nothing is mounted and no file variable is set
+    c = _docs(render_chart(), "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "tls" not in {m["name"] for m in c["volumeMounts"]}
+    assert not {"KAFKA_SSL_CAFILE", "KAFKA_SASL_PASSWORD", "REDIS_SSL_CA_CERTS"} & {e["name"] for e in c["env"]}
 
 
 def test_values_catalog_passes_the_catalog_validation(tmp_path):

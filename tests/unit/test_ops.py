@@ -136,7 +136,11 @@ def test_random_values_pass(value):
 def _prod_env(**over: str) -> dict[str, str]:
     env = {"ENCRYPTION_KEY": FERNET, "WEBHOOK_SECRET": STRONG, "JWT_SECRET": STRONG[::-1] + "Q",
            "PAGERDUTY_ROUTING_KEY": "e93facc04764012d7bfb002500d5d1a6", "REDIS_PASSWORD": "x" * 8 + STRONG,
-           "PAGERSTREAM_REPLICATION_FACTOR": "3", "PAGERSTREAM_APP_ID": "pagerstream-v2"}
+           "PAGERSTREAM_REPLICATION_FACTOR": "3", "PAGERSTREAM_APP_ID": "pagerstream-v2",
+           # TLS and SASL (docs/security.md): plaintext Kafka or Redis is a production warning
+           "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "KAFKA_SASL_USERNAME": "pagerstream", "KAFKA_SASL_PASSWORD": "y" * 8 + STRONG,
+           "REDIS_URL": "rediss://redis.internal:6380/0"}
     env.update(over)
     return {k: v for k, v in env.items() if v}
 
