@@ -419,6 +419,10 @@ def secret_findings(env: Mapping[str, str], s: Settings, environment: str) -> li
     if s.allow_private_pd_url:
         out.append(Finding(must, "PAGERSTREAM_ALLOW_PRIVATE_PD_URL", "true: the SSRF guard is off (loopback, "
                            "private and plain-http PagerDuty URLs are accepted)", "PAGERSTREAM_ALLOW_PRIVATE_PD_URL=false"))
+    from pagerstream.auth import Auth  # what `pagerstream auth status` checks: would a worker start?
+
+    for var, why in Auth(s).startup_problems():
+        out.append(Finding("problem", var, why, "pagerstream auth ingress-key create NAME (docs/security.md)"))
     if getattr(s, "ingress_auth", "keys") == "open":
         out.append(Finding(must, "PAGERSTREAM_INGRESS_AUTH", "open: anyone who reaches the port can page",
                            "PAGERSTREAM_INGRESS_AUTH=keys with PAGERSTREAM_INGRESS_KEYS=<key file> (docs/security.md)"))

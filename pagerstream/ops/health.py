@@ -194,6 +194,26 @@ def security_check(s: Settings, o: HealthOptions) -> Check:
                  "--env production)", data)
 
 
+# --- authentication ---------------------------------------------------------------------------------------
+def auth_check(s: Settings, o: HealthOptions) -> Check:
+    """What `pagerstream auth status` reports, as a check: a worker with this configuration would refuse
+    to start (FAIL), or would accept alerts from anyone (FAIL in production, WARN elsewhere)."""
+    from pagerstream.auth import Auth
+
+    a = Auth(s)
+    posture = a.posture()
+    problems = a.startup_problems()
+    if problems:
+        return Check("ingress auth", FAIL, "; ".join(f"{v}: {w}" for v, w in problems), posture)
+    if a.mode == "open":
+        return Check("ingress auth", FAIL if o.environment == "production" else WARN,
+                     "PAGERSTREAM_INGRESS_AUTH=open: anyone who reaches the port can page", posture)
+    detail = f"{posture['ingress_keys']} ingress key(s); operator tokens {posture['operator_tokens']}"
+    if not s.jwt_secret:
+        return Check("ingress auth", WARN, detail + ": the operator API refuses every request", posture)
+    return Check("ingress auth", OK, detail, posture)
+
+
 # --- PagerDuty -------------------------------------------------------------------------------------------
 async def pagerduty_checks(s: Settings, o: HealthOptions) -> list[Check]:
     import httpx
@@ -348,4 +368,4 @@ async def run_health(s: Settings, o: HealthOptions) -> list[Check]:
     # Redis first and alone: its round-trip time is only meaningful on an otherwise idle event loop.
     redis_ = await redis_check(s, o)
     kafka, pd, worker = await asyncio.gather(kafka_checks(s, o), pagerduty_checks(s, o), worker_checks(o))
-    return [security_check(s, o), *kafka, redis_, *pd, *worker]
+    return [security_check(s, o), auth_check(s, o), *kafka, redis_, *pd, *worker]

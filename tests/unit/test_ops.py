@@ -133,8 +133,22 @@ def test_random_values_pass(value):
     assert weak_reason(value) is None
 
 
+def _key_file() -> str:
+    """An ingress key file with one key (a worker refuses to start without one: docs/security.md)."""
+    import tempfile
+
+    from pagerstream.auth import add_key_to_file, generate_ingress_key
+
+    path = Path(tempfile.mkdtemp(prefix="ops-keys-")) / "ingress-keys"
+    add_key_to_file(str(path), "alertmanager", generate_ingress_key())
+    return str(path)
+
+
+KEY_FILE = _key_file()
+
+
 def _prod_env(**over: str) -> dict[str, str]:
-    env = {"ENCRYPTION_KEY": FERNET, "WEBHOOK_SECRET": STRONG, "JWT_SECRET": STRONG[::-1] + "Q",
+    env = {"PAGERSTREAM_INGRESS_KEYS": KEY_FILE, "ENCRYPTION_KEY": FERNET, "WEBHOOK_SECRET": STRONG, "JWT_SECRET": STRONG[::-1] + "Q",
            "PAGERDUTY_ROUTING_KEY": "e93facc04764012d7bfb002500d5d1a6", "REDIS_PASSWORD": "x" * 8 + STRONG,
            "PAGERSTREAM_REPLICATION_FACTOR": "3", "PAGERSTREAM_APP_ID": "pagerstream-v2",
            # TLS and SASL (docs/security.md): plaintext Kafka or Redis is a production warning
@@ -350,3 +364,23 @@ def test_mask_filter_works_on_a_plain_text_handler_too():
     lg, buf = _logger(SecretMasker([(RK, True)]), logging.Formatter("%(levelname)s %(message)s"))
     lg.info("key %s", RK)
     assert buf.getvalue().strip() == f"INFO key ****{RK[-4:]}"
+
+
+def test_deploy_and_health_refuse_a_configuration_whose_worker_would_not_start(tmp_path):
+    from pagerstream.ops.health import auth_check
+
+    empty = tmp_path / "no-keys"
+    empty.write_text("")
+    for env in (_prod_env(PAGERSTREAM_INGRESS_KEYS=""), _prod_env(PAGERSTREAM_INGRESS_KEYS=str(empty))):
+        s = load_settings(env)
+        for environment in ("production", "dev"):  # a worker would refuse to start anywhere
+            f = [x for x in secret_findings(env, s, environment) if x.var == "PAGERSTREAM_INGRESS_KEYS"]
+            assert f and f[0].level == "problem" and "ingress-key create" in f[0].fix
+        c = auth_check(s, HealthOptions(full=True, environment="production"))
+        assert c.status == FAIL and "PAGERSTREAM_INGRESS_KEYS" in c.detail
+    good = load_settings(_prod_env())
+    c = auth_check(good, HealthOptions(full=True, environment="production"))
+    assert c.status == OK and "1 ingress key(s)" in c.detail
+    opened = load_settings(_prod_env(PAGERSTREAM_INGRESS_KEYS="", PAGERSTREAM_INGRESS_AUTH="open"))
+    assert auth_check(opened, HealthOptions(full=True, environment="production")).status == FAIL
+    assert auth_check(opened, HealthOptions(full=True, environment="dev")).status == WARN
