@@ -93,11 +93,8 @@ class OwnKafka:
         self.props.write_text(f"""process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{self.controller_port}
-listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
-controller.listener.names=CONTROLLER
+{self.listener_props()}controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={self.data}
 num.partitions=1
 default.replication.factor=1
@@ -123,6 +120,16 @@ log4j.logger.kafka.request.logger=WARN
 log4j.logger.org.apache.kafka.clients=WARN
 """)
 
+    def listener_props(self) -> str:
+        """The listener lines of server.properties (a subclass adds TLS/SASL listeners)."""
+        return (f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}\n"
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}\n"
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n")
+
+    def format_args(self) -> list[str]:
+        """Extra arguments of `kafka-storage format` (e.g. --add-scram)."""
+        return []
+
     def _cluster_id(self) -> str:
         meta = self.data / "meta.properties"
         if meta.exists():
@@ -142,7 +149,7 @@ log4j.logger.org.apache.kafka.clients=WARN
         cp = f"{KAFKA_LIBS}/*"
         fmt = subprocess.run(["java", "-Xmx256m", f"-Dlog4j.configuration=file:{self.log4j}", "-cp", cp,
                               "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}",
-                              "-c", str(self.props), "--ignore-formatted"],
+                              "-c", str(self.props), "--ignore-formatted", *self.format_args()],
                              check=False, capture_output=True, text=True, timeout=120)
         if fmt.returncode != 0:
             raise RuntimeError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")

@@ -22,7 +22,6 @@ audit, Redis). The shared stack (127.0.0.1:9092 / 6379) is not touched. Every wa
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import signal
@@ -37,6 +36,7 @@ import pytest
 
 from pagerstream.config import load_settings
 from pagerstream.localrun import REPO, free_port
+from tests.faults.conftest import OwnKafka
 from tests.tls import PKI, make_pki
 
 pytestmark = pytest.mark.integration
@@ -69,13 +69,14 @@ def _stop(p: subprocess.Popen | None, timeout: float = 30.0) -> None:
         p.wait(10)
 
 
-class SecureKafka:
-    """A single-node KRaft broker with SASL_SSL, SSL (mTLS) and PLAINTEXT listeners (see the docstring)."""
+class SecureKafka(OwnKafka):
+    """tests/faults' private broker with SASL_SSL and SSL (mTLS) listeners beside PLAINTEXT (see the
+    docstring): only the listener lines and the SCRAM user at format time differ."""
 
     def __init__(self, home: Path, pki: PKI) -> None:
-        self.home, self.pki = home, pki
-        self.plain_port, self.sasl_port, self.ssl_port, self.controller_port = (free_port() for _ in range(4))
-        self.proc: subprocess.Popen | None = None
+        super().__init__(home)
+        self.pki = pki
+        self.sasl_port, self.ssl_port = free_port(), free_port()
 
     @property
     def sasl_bootstrap(self) -> str:
@@ -87,89 +88,32 @@ class SecureKafka:
 
     @property
     def plain_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.plain_port}"
+        return self.bootstrap
 
-    def start(self, timeout: float = 90.0) -> None:
-        from tests.stack import kafka_ready
-
-        if not list(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
-            pytest.skip(f"no Kafka jars in {KAFKA_LIBS} (scripts/stack.sh install)")
-        data, logs = self.home / "data", self.home / "logs"
-        data.mkdir(parents=True, exist_ok=True)
-        logs.mkdir(parents=True, exist_ok=True)
-        props, log4j = self.home / "server.properties", self.home / "log4j.properties"
-        props.write_text(f"""process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{self.controller_port}
-listeners=PLAINTEXT://127.0.0.1:{self.plain_port},SASL_SSL://127.0.0.1:{self.sasl_port},SSL://127.0.0.1:{self.ssl_port},CONTROLLER://127.0.0.1:{self.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{self.plain_port},SASL_SSL://127.0.0.1:{self.sasl_port},SSL://127.0.0.1:{self.ssl_port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+    def listener_props(self) -> str:
+        p, c = self.port, self.controller_port
+        jaas = "org.apache.kafka.common.security"
+        return f"""listeners=PLAINTEXT://127.0.0.1:{p},SASL_SSL://127.0.0.1:{self.sasl_port},SSL://127.0.0.1:{self.ssl_port},CONTROLLER://127.0.0.1:{c}
+advertised.listeners=PLAINTEXT://127.0.0.1:{p},SASL_SSL://127.0.0.1:{self.sasl_port},SSL://127.0.0.1:{self.ssl_port}
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
-listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";
-listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={jaas}.scram.ScramLoginModule required;
 ssl.keystore.type=PEM
 ssl.keystore.location={self.pki.server_keystore}
 ssl.truststore.type=PEM
 ssl.truststore.location={self.pki.ca}
 listener.name.ssl.ssl.client.auth=required
-log.dirs={data}
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-log.cleaner.dedupe.buffer.size=16777216
-""")
-        log4j.write_text(f"""log4j.rootLogger=INFO, file
-log4j.appender.file=org.apache.log4j.FileAppender
-log4j.appender.file.File={logs}/server.log
-log4j.appender.file.layout=org.apache.log4j.PatternLayout
-log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka.request.logger=WARN
-log4j.logger.org.apache.kafka.clients=WARN
-""")
-        cp = f"{KAFKA_LIBS}/*"
-        while (cluster := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]).startswith("-"):
-            pass
-        fmt = subprocess.run(["java", "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}", "-cp", cp,
-                              "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(props),
-                              "--add-scram", f"SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"],
-                             check=False, capture_output=True, text=True, timeout=120)
-        if fmt.returncode != 0:
-            raise RuntimeError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
-        with open(logs / "kafka.out", "ab") as out:
-            self.proc = subprocess.Popen(
-                ["java", "-Xms256m", "-Xmx512m", "-server", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
-                 "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}", f"-Dkafka.logs.dir={logs}",
-                 "-cp", cp, "kafka.Kafka", str(props)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl runs in the child
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"private Kafka exited during start:\n{self.log_tail()}")
-            if kafka_ready(self.plain_bootstrap, min(10.0, max(1.0, deadline - time.monotonic()))):
-                return
-        self.stop()
-        raise RuntimeError(f"private Kafka not ready after {timeout}s:\n{self.log_tail()}")
+"""
 
-    def stop(self) -> None:
-        _stop(self.proc, 60)
+    def format_args(self) -> list[str]:
+        return ["--add-scram", f"SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"]
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join((self.home / "logs" / "server.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no server.log)"
+    def start(self, timeout: float = 90.0) -> None:
+        if not list(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+            pytest.skip(f"no Kafka jars in {KAFKA_LIBS} (scripts/stack.sh install)")
+        super().start(timeout)
 
 
 class TlsRedis:
