@@ -301,6 +301,14 @@ def metrics_checks(snap: Snapshot, o: HealthOptions, now: float | None = None) -
     out.append(Check("dead letters (since start)", WARN if total else OK,
                      ", ".join(f"{k} {v:.0f}" for k, v in sorted(dl.items()) if v) or "none",
                      {"by_stage": dl, "total": total}))
+    ooo = snap.by("pagerstream_consumer_out_of_order_total", "action")  # streams/consumer_guard.py
+    if ooo.get("retention"):
+        out.append(Check("consumer offsets", FAIL, f"{ooo['retention']:.0f} time(s) records were deleted by "
+                         "retention before this worker processed them (consumer far behind)", {"by_action": ooo}))
+    else:
+        repaired = ooo.get("ahead", 0) + ooo.get("reseek", 0)
+        out.append(Check("consumer offsets", OK, f"in order; {repaired:.0f} stale record(s) held back after "
+                         "rebalances" if repaired else "in order", {"by_action": ooo}))
     services = snap.total("pagerstream_catalog_services")
     out.append(Check("catalog", OK if services > 0 else WARN,
                      f"{services:.0f} services loaded" if services > 0 else "no services in the loaded catalog "

@@ -384,3 +384,19 @@ def test_deploy_and_health_refuse_a_configuration_whose_worker_would_not_start(t
     opened = load_settings(_prod_env(PAGERSTREAM_INGRESS_KEYS="", PAGERSTREAM_INGRESS_AUTH="open"))
     assert auth_check(opened, HealthOptions(full=True, environment="production")).status == FAIL
     assert auth_check(opened, HealthOptions(full=True, environment="dev")).status == WARN
+
+
+def test_metrics_checks_report_the_consumer_guard():
+    from pagerstream.streams.metrics import Metrics
+
+    m = Metrics()  # the worker's own metric names
+    snap = lambda: {c.name: c for c in metrics_checks(Snapshot.parse(generate_latest(m.registry).decode()),
+                                                      HealthOptions())}
+    assert snap()["consumer offsets"].status == OK and snap()["consumer offsets"].detail == "in order"
+    m.consumer_out_of_order.labels("alerts.normalized", "ahead").inc(3)
+    m.consumer_out_of_order.labels("alerts.normalized", "reseek").inc()
+    c = snap()["consumer offsets"]
+    assert c.status == OK and "4 stale record(s) held back" in c.detail
+    m.consumer_out_of_order.labels("alerts.raw", "retention").inc()
+    c = snap()["consumer offsets"]
+    assert c.status == FAIL and "deleted by retention" in c.detail
