@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import subprocess
 import time
 import uuid
@@ -36,7 +35,7 @@ import pytest
 
 from pagerstream.config import load_settings
 from pagerstream.localrun import REPO, free_port
-from tests.faults.conftest import OwnKafka
+from tests.faults.conftest import OwnKafka, OwnRedis, _die_with_parent
 from tests.tls import PKI, make_pki
 
 pytestmark = pytest.mark.integration
@@ -46,27 +45,6 @@ PLAIN_USER, PLAIN_PASSWORD = "alice", "alice-secret-" + uuid.uuid4().hex[:12]
 SCRAM_USER, SCRAM_PASSWORD = "bob", "bob-secret-" + uuid.uuid4().hex[:12]
 REDIS_PASSWORD = "redis-secret-" + uuid.uuid4().hex[:12]
 CLIENT_KEY_PASSWORD = "client-key-" + uuid.uuid4().hex[:8]
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM to the child when this process dies, so a killed test run leaves no broker."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _stop(p: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    if p is None or p.poll() is not None:
-        return
-    p.terminate()
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(10)
 
 
 class SecureKafka(OwnKafka):
@@ -116,13 +94,12 @@ offsets.topic.num.partitions=4
         super().start(timeout)
 
 
-class TlsRedis:
-    """redis-server with TLS only (no plain port) and a password."""
+class TlsRedis(OwnRedis):
+    """tests/faults' private Redis, TLS only (no plain port) and with a password."""
 
     def __init__(self, home: Path, pki: PKI) -> None:
-        self.home, self.pki = home, pki
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        super().__init__(home)
+        self.pki = pki
 
     @property
     def url(self) -> str:
@@ -154,9 +131,6 @@ class TlsRedis:
                 client.close()
         self.stop()
         raise RuntimeError(f"private TLS Redis on {self.port} did not answer within {timeout}s")
-
-    def stop(self) -> None:
-        _stop(self.proc, 20)
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
