@@ -475,6 +475,17 @@ def is_forgettable(g: GroupState, now: int) -> bool:
     )
 
 
+def forget(g: GroupState) -> GroupState:
+    """What stays of a forgettable group: its incident counter and its raw-offset marks.
+
+    The counter numbers the group's incidents, and through pagerduty_seq the PagerDuty calls of the
+    stream key. The forwarder keeps each key's highest delivered number (table pd-delivered) beyond
+    the group's life, so if the same alert came back after the group was deleted and numbering
+    restarted at 1, its trigger would be taken for one already delivered and never sent. Keeping
+    the counter makes the numbers keep rising; keeping the marks still recognises replayed records."""
+    return GroupState(group_key=g.group_key, counter=g.counter, marks=dict(g.marks))
+
+
 # --- table (de)serialisation: plain JSON-able dicts, compact keys kept readable ---------------------
 
 def group_to_dict(g: GroupState) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pagerstream.processors.incident import (
     expire,
     group_from_dict,
     group_to_dict,
+    forget,
     is_forgettable,
     pagerduty_seq,
     short_hash,
@@ -615,7 +616,10 @@ class Pipeline(DeliveryAgents, RateAgents, LearnAgents, LifecycleAgents, NotifyA
                     continue
             outs.extend(step.outputs)
             if is_forgettable(g2, now):
-                del self.groups[key]
+                d = group_to_dict(forget(g2))  # the counter stays: numbering must not restart (forget())
+                d["p"] = partition
+                if stored != d:
+                    self.groups[key] = d
                 continue
             if step.outputs:
                 d = group_to_dict(g2)

@@ -227,3 +227,23 @@ def test_incident_level_actions_from_people_move_every_alert_and_pagerduty_once(
     assert [(x.change, x.pd_action) for x in late.outputs] == [("dropped", None)]
     # an action on an unknown or closed incident is dropped with a reason
     assert decide(s5.state, act(7, "resolve", 6000), g).outputs[0].change == "dropped"
+
+
+def test_a_group_that_comes_back_after_being_forgotten_keeps_numbering_its_pagerduty_calls():
+    # trigger, resolve; an hour later the group may be deleted; then the same alert fires again
+    from pagerstream.processors.incident import forget
+
+    g, outs = run([alert(1), alert(2, "resolve")])
+    later = 2000 + RESOLVED_RETENTION_MS + 1
+    assert is_forgettable(g, later)
+    last_seq = max(pagerduty_seq(o.incident.incident_id, o.incident.version) for o in outs if o.pd_action)
+    kept = forget(g)
+    assert kept.counter == 1 and not kept.incidents and not kept.members and kept.marks == g.marks
+    step = decide(group_from_dict(group_to_dict(kept)), alert(3, t=later + 10), Grouping())
+    (o,) = step.outputs
+    assert o.change == "opened" and o.pd_action == "trigger" and o.incident.incident_id.endswith("-2")
+    # the forwarder skips calls numbered at or below the key's last delivered one: this must be above
+    assert pagerduty_seq(o.incident.incident_id, o.incident.version) > last_seq
+    # without the counter (the group deleted outright) the new trigger would be numbered below it
+    fresh = decide(None, alert(3, t=later + 10), Grouping()).outputs[0]
+    assert pagerduty_seq(fresh.incident.incident_id, fresh.incident.version) <= last_seq
