@@ -52,6 +52,8 @@ class DeliveryAgents:
             await self._dead_letter("forward", str(e), e, msg, topic=self.pd_dlq)
             return None
         k = ev["stream_key"].encode()
+        if not self._owns(msg):
+            return None
         done = self.delivered.get(k) or 0
         if ev["seq"] <= done:
             self.metrics.records.labels("forward", "already_delivered").inc()
@@ -94,6 +96,8 @@ class DeliveryAgents:
                 if ev["not_before"] - int(time.time() * 1000) > 0:
                     await self._repark(ev, ev["not_before"])
                     continue
+            if not self._owns(msg):
+                continue
             try:
                 await self._deliver(ev, msg, k, inline=False)
                 await self.app.producer.flush()
@@ -101,6 +105,25 @@ class DeliveryAgents:
                 log.exception("retry failed; parking the event again")
                 await self._repark(dict(ev, last_error=f"internal: {e}"[:500]), int(time.time() * 1000) + 5000)
             yield None
+
+    def _owns(self, msg: Any) -> bool:
+        """Whether this worker may still call PagerDuty for a record of this partition.
+
+        Seen in the SIGKILL soak (docs/faults.md): a worker whose consumer lost its assignment in a
+        rebalance (Faust's fetcher crashed on it, and its producer was already stopped) went on
+        forwarding records it had buffered while the partition's new owner replayed them: PagerDuty
+        got one key's `resolve, trigger` twice. A record from an earlier consumer generation, from a
+        partition no longer assigned here, or reaching a stopping worker is left alone (not called,
+        not parked): the partition's current owner processes it from the committed offset."""
+        app = self.app
+        try:
+            ok = (not app.should_stop and msg.generation_id == app.consumer_generation_id
+                  and msg.tp in app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - no consumer / assignment to ask: not safe to call
+            ok = False
+        if not ok:
+            self.metrics.records.labels("forward", "not_owner").inc()
+        return ok
 
     async def _deliver(self, ev: dict[str, Any], msg: Any, k: bytes, *, inline: bool) -> None:
         assert self.forwarder is not None

@@ -148,3 +148,16 @@ def test_the_app_guards_every_non_compacted_pipeline_topic(pipeline: Pipeline) -
     c = pipeline.app.consumer
     assert pipeline.offset_guard.topics == frozenset(topics)
     assert c.callback.__qualname__.startswith("OffsetGuard.install")
+
+
+def test_the_forwarder_does_not_call_for_a_partition_it_may_no_longer_own(pipeline: Pipeline) -> None:
+    # streams/delivery_agents.py _owns: a record of an earlier consumer generation, or one reaching a
+    # worker whose consumer cannot say what it owns, is left to the partition's current owner
+    tp = TP(pipeline.topic_names["pagerduty.outbox"], 2)
+    stale = Message(tp.topic, tp.partition, 7, 0.0, 0, None, b"k", b"v", None, tp=tp,
+                    generation_id=pipeline.app.consumer_generation_id - 1)
+    current = Message(tp.topic, tp.partition, 7, 0.0, 0, None, b"k", b"v", None, tp=tp,
+                      generation_id=pipeline.app.consumer_generation_id)
+    counted = lambda: pipeline.metrics.records.labels("forward", "not_owner")._value.get()
+    assert pipeline._owns(stale) is False and counted() == 1
+    assert pipeline._owns(current) is False and counted() == 2  # unstarted consumer: no assignment known
