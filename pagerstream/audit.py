@@ -593,15 +593,9 @@ def audit_cli_command(cmd: click.Command, action: str) -> None:
 
 
 def _settings() -> "Settings":
-    from pagerstream.config import ConfigError, load_settings
+    from pagerstream.config import load_settings_or_exit
 
-    try:
-        return load_settings()
-    except ConfigError as e:
-        click.echo("pagerstream: configuration error:", err=True)
-        for var, why in e.problems:
-            click.echo(f"  {var}: {why}", err=True)
-        sys.exit(2)
+    return load_settings_or_exit()
 
 
 def _parse_anchor(value: str) -> tuple[int, str]:

@@ -904,15 +904,9 @@ def parse_ttl(s: str) -> int:
 
 
 def _settings_or_exit() -> "Settings":
-    from pagerstream.config import ConfigError, load_settings
+    from pagerstream.config import load_settings_or_exit
 
-    try:
-        return load_settings()
-    except ConfigError as e:
-        click.echo("pagerstream: configuration error:", err=True)
-        for var, why in e.problems:
-            click.echo(f"  {var}: {why}", err=True)
-        sys.exit(2)
+    return load_settings_or_exit()
 
 
 def _audit(s: "Settings", action: str, obj: str | None, details: dict[str, Any]) -> None:

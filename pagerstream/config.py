@@ -521,3 +521,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     return Settings(**kw)  # type: ignore[arg-type]
+
+
+def load_settings_or_exit() -> Settings:
+    """For commands: the settings, or every problem on stderr and exit status 2."""
+    import sys
+
+    try:
+        return load_settings()
+    except ConfigError as e:
+        print("pagerstream: configuration error:", file=sys.stderr)
+        for var, why in e.problems:
+            print(f"  {var}: {why}", file=sys.stderr)
+        sys.exit(2)

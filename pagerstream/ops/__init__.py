@@ -149,19 +149,9 @@ async def topic_sizes(bootstrap: KafkaTarget, topics: list[str]) -> dict[str, in
 
 # --- click commands (registered in pagerstream/cli.py) ---------------------------------------------------
 def _settings_or_exit() -> Any:
-    import sys
+    from pagerstream.config import load_settings_or_exit
 
-    import click
-
-    from pagerstream.config import ConfigError, load_settings
-
-    try:
-        return load_settings()
-    except ConfigError as e:
-        click.echo("pagerstream: configuration error:", err=True)
-        for var, why in e.problems:
-            click.echo(f"  {var}: {why}", err=True)
-        sys.exit(EXIT_CONFIG)
+    return load_settings_or_exit()
 
 
 def _kafka_failure(e: BaseException) -> None:
