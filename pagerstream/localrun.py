@@ -151,7 +151,9 @@ def start_worker(env: dict[str, str], log_dir: Path, *, port: int | None = None,
                  tls: tuple[str, str] | None = None, extra_args: list[str] | None = None) -> Worker:
     port = port or free_port()
     args = [sys.executable, "-m", "pagerstream.cli", "worker", "--web-port", str(port),
-            "--session-timeout", str(session_timeout), "--loglevel", "warning"]
+            "--session-timeout", str(session_timeout),
+            # PAGERSTREAM_WORKER_LOGLEVEL=info keeps the workers' rebalance/seek story when chasing a failure
+            "--loglevel", os.environ.get("PAGERSTREAM_WORKER_LOGLEVEL", "warning")]
     if tls:
         args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     args += extra_args or []
