@@ -114,7 +114,8 @@ class DeliveryAgents:
         forwarding records it had buffered while the partition's new owner replayed them: PagerDuty
         got one key's `resolve, trigger` twice. A record from an earlier consumer generation, from a
         partition no longer assigned here, or reaching a stopping worker is left alone (not called,
-        not parked): the partition's current owner processes it from the committed offset."""
+        not parked): the partition's current owner processes it from the committed offset. Asked before
+        the first call and again before every in-place retry (Forwarder.attempt's `may_call`)."""
         app = self.app
         try:
             ok = (not app.should_stop and msg.generation_id == app.consumer_generation_id
@@ -127,8 +128,11 @@ class DeliveryAgents:
 
     async def _deliver(self, ev: dict[str, Any], msg: Any, k: bytes, *, inline: bool) -> None:
         assert self.forwarder is not None
-        res = await self.forwarder.attempt(ev, inline_budget_s=None if inline else 0.0)
+        res = await self.forwarder.attempt(ev, inline_budget_s=None if inline else 0.0,
+                                           may_call=lambda: self._owns(msg))
         now = int(time.time() * 1000)
+        if res.outcome == "abandoned":
+            return  # the partition's owner replays this record from the committed offset
         if res.outcome == "delivered":
             self.delivered[k] = ev["seq"]
             self._set_parked(k, [s for s in (self.parked.get(k) or []) if s > ev["seq"]])

@@ -102,7 +102,7 @@ class RateLimiter:
 
 @dataclass
 class Attempt:
-    outcome: str  # delivered | retry | permanent
+    outcome: str  # delivered | retry | permanent | abandoned (may_call said no: nothing was sent)
     status: int | None
     reason: str
     not_before_ms: int = 0
@@ -132,8 +132,13 @@ class Forwarder:
     def _breaker_gauge(self, rk: str, st: delivery.BreakerState) -> None:
         self.metrics.breaker.labels(rk[-4:]).set({"closed": 0, "half_open": 1, "open": 2}[st.status])
 
-    async def attempt(self, ev: dict[str, Any], *, inline_budget_s: float | None = None) -> Attempt:
-        """Try to deliver one event now, retrying in place within the budget."""
+    async def attempt(self, ev: dict[str, Any], *, inline_budget_s: float | None = None,
+                      may_call: Callable[[], bool] | None = None) -> Attempt:
+        """Try to deliver one event now, retrying in place within the budget.
+
+        `may_call` is asked right before every POST: a rate-limit wait or a backoff can last seconds,
+        and in that time a rebalance may hand the partition to another worker, which replays the
+        key's calls; a late retry from here would then reach PagerDuty after a newer call."""
         rk = ev["routing_key"]
         budget = self.inline_budget_s if inline_budget_s is None else inline_budget_s
         deadline = time.monotonic() + budget
@@ -153,6 +158,8 @@ class Forwarder:
                 self.metrics.rate_wait.observe(wait_ms / 1000)
                 await asyncio.sleep(wait_ms / 1000)
                 wait_ms = await self.limiter.take(rk)
+            if may_call is not None and not may_call():
+                return Attempt("abandoned", None, "no longer allowed to call for this partition")
             url = self.change_url if ev["endpoint"] == "change" else self.enqueue_url
             status: int | None = None
             err: str | None = None
